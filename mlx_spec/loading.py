@@ -1,0 +1,209 @@
+"""Model files -> MLX modules: targets through mlx-lm, drafters through our gemma4_assistant.
+
+`load_target` and `load_drafter` take a local folder (Hugging Face layout as `save_pretrained`
+writes it, or the MLX-converted layout, quantized or not) or a hub repo id. `validate_pair`
+checks that a drafter fits a target before any weight is touched by the decoding loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from . import configs
+from .errors import ConfigError, ModelFilesError, PairMismatchError
+from .model_config import (
+    DRAFTER_TYPE,
+    FULL,
+    SLIDING,
+    TARGET_TYPES,
+    head_dim,
+    kv_heads,
+    normalize_config,
+    read_config,
+    text_config_of,
+)
+from .models import gemma4_assistant
+
+WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
+
+
+@dataclass
+class LoadedModel:
+    """A module with the config it was built from and where it came from."""
+
+    module: nn.Module
+    config: dict  # normalised
+    path: Path
+    name: str  # what the user passed (hub id or path)
+
+    @property
+    def text_config(self) -> dict:
+        return text_config_of(self.config)
+
+
+def resolve_path(path_or_repo: str | os.PathLike) -> Path:
+    """A local model folder, or a hub repo fetched (or found in the local cache) with huggingface_hub."""
+    path = Path(path_or_repo).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelFilesError(f"{path} is a file; pass the model folder that holds config.json and the weights.")
+        return path
+    name = str(path_or_repo)
+    if name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise ModelFilesError(f"{name} does not exist: pass a model folder or a Hugging Face repo id like google/gemma-4-E2B-it.")
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import (
+            GatedRepoError,
+            LocalEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        raise ModelFilesError(f"{name} is not a local folder and huggingface_hub is not installed.") from None
+    try:
+        return Path(snapshot_download(name, allow_patterns=WEIGHT_PATTERNS))
+    except GatedRepoError:
+        raise ModelFilesError(f"{name} is gated: accept its licence on the Hugging Face hub and log in (`hf auth login`).") from None
+    except RepositoryNotFoundError:
+        raise ModelFilesError(f"{name} is not a model on the Hugging Face hub, nor a local folder.") from None
+    except LocalEntryNotFoundError:
+        raise ModelFilesError(
+            f"{name} is not in the local Hugging Face cache and the hub cannot be reached (offline?): "
+            "download it once with network, or pass a local model folder."
+        ) from None
+    except OSError as e:
+        raise ModelFilesError(f"could not fetch {name} from the Hugging Face hub: {e}") from None
+
+
+def _weight_files(path: Path) -> list[Path]:
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ModelFilesError(f"{path} has no *.safetensors weights: the download or conversion is incomplete.")
+    return files
+
+
+def _read_weights(path: Path) -> dict[str, mx.array]:
+    weights: dict[str, mx.array] = {}
+    for file in _weight_files(path):
+        try:
+            weights.update(mx.load(str(file)))
+        except Exception as e:  # mlx raises RuntimeError/ValueError with low-level text
+            raise ModelFilesError(f"{file} is corrupt or not a safetensors file ({e}); re-download or re-convert the model.") from None
+    return weights
+
+
+def load_target(path_or_repo: str | os.PathLike, lazy: bool = False) -> LoadedModel:
+    """Load a Gemma 4 target through mlx-lm (its gemma4 / gemma4_text model, quantized or not)."""
+    from mlx_lm.utils import load_model
+
+    path = resolve_path(path_or_repo)
+    raw = read_config(path)
+    model_type = raw.get("model_type")
+    if model_type == DRAFTER_TYPE:
+        raise ConfigError(f"{path_or_repo} is a gemma4_assistant drafter, not a target: pass it as the drafter and a Gemma 4 model as the target.")
+    if model_type not in TARGET_TYPES:
+        raise ConfigError(f"{path_or_repo} is a {model_type!r} model; mlx-spec speeds up Gemma 4 targets ({', '.join(TARGET_TYPES)}).")
+    config = normalize_config(raw, f"{path}/config.json")
+    # mlx-lm's gemma4 wrapper copies a top-level vocab_size (default 262144) into the text config.
+    overrides = {"text_config": config["text_config"], "vocab_size": config["text_config"].get("vocab_size", 262144)} if "text_config" in config else {
+        k: config[k] for k in ("global_head_dim", "num_global_key_value_heads") if k in config
+    }
+    _weight_files(path)
+    try:
+        model, _ = load_model(path, lazy=True, model_config=overrides)
+        if not lazy:
+            mx.eval(model.parameters())
+    except ModelFilesError:
+        raise
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        raise ModelFilesError(f"the weights in {path} do not match its config.json ({_short(e)}); re-download or re-convert the model.") from None
+    model.eval()
+    return LoadedModel(model, config, path, str(path_or_repo))
+
+
+def load_drafter(path_or_repo: str | os.PathLike) -> LoadedModel:
+    """Load a gemma4_assistant drafter (Hugging Face or MLX-converted/quantized weights)."""
+    path = resolve_path(path_or_repo)
+    raw = read_config(path)
+    if raw.get("model_type") != DRAFTER_TYPE:
+        raise ConfigError(
+            f"{path_or_repo} is a {raw.get('model_type')!r} model, not a Gemma 4 MTP drafter "
+            f"(model_type {DRAFTER_TYPE!r}, e.g. google/gemma-4-E2B-it-assistant)."
+        )
+    config = normalize_config(raw, f"{path}/config.json")
+    validate_drafter_config(config, str(path_or_repo))
+    weights = _read_weights(path)
+    try:
+        module = gemma4_assistant.build(config, weights)
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelFilesError(f"the weights in {path} do not match its config.json ({_short(e)}); re-download or re-convert the drafter.") from None
+    return LoadedModel(module, config, path, str(path_or_repo))
+
+
+def _short(error: Exception, limit: int = 200) -> str:
+    text = " ".join(str(error).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validate_drafter_config(config: dict, name: str) -> None:
+    text = text_config_of(config)
+    problems = []
+    missing = [k for k in ("hidden_size", "num_hidden_layers", "layer_types", "vocab_size", "head_dim") if k not in text]
+    if "backbone_hidden_size" not in config:
+        missing.append("backbone_hidden_size")
+    if missing:
+        raise ConfigError(f"{name}/config.json lacks {', '.join(missing)}: it is not a complete gemma4_assistant config.")
+    if text.get("hidden_size_per_layer_input"):
+        problems.append("hidden_size_per_layer_input must be 0")
+    if text.get("enable_moe_block"):
+        problems.append("enable_moe_block must be false")
+    shared = text.get("num_kv_shared_layers")
+    if shared and shared != text["num_hidden_layers"]:
+        problems.append("every layer must be KV-shared (num_kv_shared_layers == num_hidden_layers)")
+    if len(text["layer_types"]) != text["num_hidden_layers"]:
+        problems.append("layer_types must list num_hidden_layers entries")
+    if config.get("use_ordered_embeddings"):
+        centroids, top_k = config.get("num_centroids", 2048), config.get("centroid_intermediate_top_k", 32)
+        if text["vocab_size"] % centroids:
+            problems.append(f"vocab_size {text['vocab_size']} is not a multiple of num_centroids {centroids}")
+        if not 0 < top_k <= centroids:
+            problems.append(f"centroid_intermediate_top_k {top_k} must be in 1..num_centroids")
+    if problems:
+        raise ConfigError(f"{name}/config.json is not a valid gemma4_assistant config: " + "; ".join(problems) + ".")
+
+
+def validate_pair(target: LoadedModel, drafter: LoadedModel) -> None:
+    """Raise PairMismatchError unless `drafter` was made for `target` (same width, vocab, KV geometry)."""
+    t, d = target.text_config, drafter.text_config
+    mismatches = []
+
+    def check(what: str, drafter_value: Any, target_value: Any) -> None:
+        if drafter_value != target_value:
+            mismatches.append(f"{what}: drafter {drafter_value}, target {target_value}")
+
+    check("backbone_hidden_size vs hidden_size", drafter.config.get("backbone_hidden_size"), t.get("hidden_size"))
+    check("vocab_size", d.get("vocab_size"), t.get("vocab_size"))
+    target_types = set(t.get("layer_types") or [])
+    for layer_type in sorted(set(d["layer_types"])):
+        if layer_type not in target_types:
+            mismatches.append(f"drafter reads {layer_type} KV but the target has no such layer")
+            continue
+        label = "global_head_dim" if layer_type == FULL else "head_dim"
+        check(f"{label} ({layer_type})", head_dim(d, layer_type), head_dim(t, layer_type))
+        heads, target_kv = int(d["num_attention_heads"]), kv_heads(t, layer_type)
+        if heads % target_kv:
+            mismatches.append(f"{heads} drafter query heads cannot group over the target's {target_kv} {layer_type} KV heads")
+    if SLIDING in d["layer_types"]:
+        check("sliding_window", d.get("sliding_window"), t.get("sliding_window"))
+    if mismatches:
+        suggestion = configs.suggest_drafter(t, target.name)
+        raise PairMismatchError(
+            f"drafter {drafter.name} does not fit target {target.name} ({'; '.join(mismatches)}). {suggestion}"
+        )

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""Golden fixtures from the reference implementation (Hugging Face transformers + torch).
+
+Developer-only: needs `pip install torch==2.13.0 transformers` (CI never runs this; it reads the
+committed fixtures). Writes, for every tiny variant made by make_tiny_checkpoints.py:
+
+  tests/fixtures/golden/<variant>.npz   float32 arrays:
+      prompt_<name>            prompt ids
+      target_logits_<name>     target logits for every prompt position      [L, V]
+      target_hidden_<name>     target last hidden state (after final norm)   [L, H]
+      kv_{full,sliding}_{k,v}  the target's shared KV after the long prompt (its producer layers),
+                               as transformers hands it to the assistant       [1, heads, S, D]
+      draft_inputs             drafter inputs_embeds for step 1               [1, 1, 2H]
+      draft_logits             drafter logits for 3 chained draft steps       [3, V]
+      draft_hidden             drafter projected hidden for the 3 steps      [3, H]
+      draft_tokens             drafted ids of the 3 steps
+  tests/fixtures/golden/golden.json     per variant: prompts, plain greedy continuations,
+      transformers' assisted (MTP) greedy continuation, drafted tokens and accepted count of every
+      step, the sha256 of the checkpoint files they were computed from, library versions.
+  tests/fixtures/hf_saved/<variant>-{target,drafter}.json
+      config.json as transformers' own save_pretrained writes it (the `per_layer_config` form).
+
+    python scripts/make_golden.py --checkpoints /tmp/tiny [--out tests/fixtures]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import transformers
+from transformers import AutoConfig, Gemma4AssistantForCausalLM, Gemma4ForCausalLM, Gemma4ForConditionalGeneration
+from transformers.generation import candidate_generator as cg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_tiny_checkpoints import VARIANTS  # noqa: E402
+
+GREEDY_TOKENS = 40
+ASSISTED_TOKENS = 40
+DRAFT_STEPS = 3
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def prompts_for(variant: str) -> dict[str, list[int]]:
+    window = VARIANTS[variant]["text"]["sliding_window"]
+    rng = np.random.RandomState(1234 + len(variant))
+    return {
+        "short": [2] + rng.randint(5, 512, size=5).tolist(),
+        "long": [2] + rng.randint(5, 512, size=3 * window + 5).tolist(),  # crosses the window 3x
+    }
+
+
+def load_pair(root: Path, variant: str):
+    target_dir, drafter_dir = root / variant / "target", root / variant / "drafter"
+    cls = Gemma4ForConditionalGeneration if AutoConfig.from_pretrained(target_dir).model_type == "gemma4" else Gemma4ForCausalLM
+    target = cls.from_pretrained(target_dir, dtype=torch.float32).eval()
+    drafter = Gemma4AssistantForCausalLM.from_pretrained(drafter_dir, dtype=torch.float32).eval()
+    return target, drafter, target_dir, drafter_dir
+
+
+class AssistedRecorder:
+    """Wraps SinglePositionMultiTokenCandidateGenerator.get_candidates to log every draft step."""
+
+    def __init__(self):
+        self.steps = []
+        self._orig = cg.SinglePositionMultiTokenCandidateGenerator.get_candidates
+
+    def __enter__(self):
+        recorder = self
+
+        def get_candidates(gen, input_ids, *args, **kwargs):
+            out_ids, logits = recorder._orig(gen, input_ids, *args, **kwargs)
+            if logits is not None:
+                recorder.steps.append({"length": int(input_ids.shape[1]), "drafted": out_ids[0, input_ids.shape[1]:].tolist()})
+            return out_ids, logits
+
+        cg.SinglePositionMultiTokenCandidateGenerator.get_candidates = get_candidates
+        return self
+
+    def __exit__(self, *exc):
+        cg.SinglePositionMultiTokenCandidateGenerator.get_candidates = self._orig
+
+
+def accepted_counts(steps: list[dict], final_length: int) -> list[int]:
+    """Accepted drafts per step: the sequence grows by accepted + 1 (the target's own token)."""
+    lengths = [s["length"] for s in steps] + [final_length]
+    return [lengths[i + 1] - lengths[i] - 1 for i in range(len(steps))]
+
+
+@torch.no_grad()
+def variant_golden(root: Path, variant: str, out_dir: Path) -> dict:
+    target, drafter, target_dir, drafter_dir = load_pair(root, variant)
+    embed = target.get_input_embeddings()
+    arrays, meta = {}, {"prompts": {}, "greedy": {}, "files": {}}
+    for d in (target_dir, drafter_dir):
+        for f in sorted(d.glob("*.safetensors")) + [d / "config.json"]:
+            meta["files"][f"{d.name}/{f.name}"] = sha256(f)
+
+    for name, ids in prompts_for(variant).items():
+        input_ids = torch.tensor([ids])
+        out = target(input_ids=input_ids, output_hidden_states=True, return_shared_kv_states=True, use_cache=True)
+        arrays[f"prompt_{name}"] = np.array(ids, dtype=np.int32)
+        arrays[f"target_logits_{name}"] = out.logits[0].float().numpy()
+        arrays[f"target_hidden_{name}"] = out.hidden_states[-1][0].float().numpy()
+        meta["prompts"][name] = ids
+        greedy = target.generate(input_ids, do_sample=False, max_new_tokens=GREEDY_TOKENS, min_new_tokens=GREEDY_TOKENS, eos_token_id=None, pad_token_id=0)
+        meta["greedy"][name] = greedy[0, len(ids):].tolist()
+
+        if name == "long":
+            # Drafter parity inputs: exactly what SinglePositionMultiTokenCandidateGenerator feeds after prefill.
+            kv = out.shared_kv_states
+            for kind, key in (("full", "full_attention"), ("sliding", "sliding_attention")):
+                arrays[f"kv_{kind}_k"] = kv[key][0].float().numpy()
+                arrays[f"kv_{kind}_v"] = kv[key][1].float().numpy()
+            token = int(out.logits[0, -1].argmax())
+            position = len(ids)  # the last seen token (the target's first new token) sits here
+            hidden = out.hidden_states[-1][:, -1:]
+            last = torch.tensor([[token]])
+            logits_steps, hidden_steps, tokens = [], [], []
+            for step in range(DRAFT_STEPS):
+                inputs_embeds = torch.cat([embed(last), hidden], dim=-1)
+                if step == 0:
+                    arrays["draft_inputs"] = inputs_embeds.float().numpy()
+                d = drafter(
+                    inputs_embeds=inputs_embeds,
+                    attention_mask=torch.ones(1, position + 1, dtype=torch.long),
+                    position_ids=torch.tensor([[position]]),
+                    shared_kv_states={k: (v[0], v[1]) for k, v in kv.items()},
+                    use_cache=False,
+                )
+                last = d.logits.argmax(-1)
+                hidden = d.last_hidden_state
+                logits_steps.append(d.logits[0, 0].float().numpy())
+                hidden_steps.append(hidden[0, 0].float().numpy())
+                tokens.append(int(last))
+            arrays["draft_logits"] = np.stack(logits_steps)
+            arrays["draft_hidden"] = np.stack(hidden_steps)
+            arrays["draft_tokens"] = np.array(tokens, dtype=np.int32)
+            meta["draft"] = {"first_token": token, "position": position, "tokens": tokens}
+
+    # transformers' own assisted (MTP) greedy decoding, with the accepted count of every step.
+    meta["assisted"] = {}
+    for name, ids in prompts_for(variant).items():
+        with AssistedRecorder() as rec:
+            seq = target.generate(
+                torch.tensor([ids]), assistant_model=drafter, do_sample=False,
+                max_new_tokens=ASSISTED_TOKENS, min_new_tokens=ASSISTED_TOKENS, eos_token_id=None, pad_token_id=0,
+            )
+        tokens = seq[0, len(ids):].tolist()
+        meta["assisted"][name] = {
+            "num_assistant_tokens": int(drafter.generation_config.num_assistant_tokens),
+            "tokens": tokens,
+            "steps": [dict(s, accepted=a) for s, a in zip(rec.steps, accepted_counts(rec.steps, seq.shape[1]))],
+            "equals_plain_greedy": tokens == meta["greedy"][name],
+        }
+
+    np.savez_compressed(out_dir / "golden" / f"{variant}.npz", **arrays)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        target.save_pretrained(Path(tmp) / "t")
+        drafter.save_pretrained(Path(tmp) / "d")
+        (out_dir / "hf_saved" / f"{variant}-target.json").write_text((Path(tmp) / "t" / "config.json").read_text())
+        (out_dir / "hf_saved" / f"{variant}-drafter.json").write_text((Path(tmp) / "d" / "config.json").read_text())
+    return meta
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoints", type=Path, required=True, help="OUT_DIR of make_tiny_checkpoints.py")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "fixtures")
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    args = parser.parse_args(argv)
+    (args.out / "golden").mkdir(parents=True, exist_ok=True)
+    (args.out / "hf_saved").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    golden = {
+        "generated_by": "scripts/make_golden.py",
+        "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
+        "variants": {},
+    }
+    for variant in args.variants:
+        golden["variants"][variant] = variant_golden(args.checkpoints, variant, args.out)
+        steps = golden["variants"][variant]["assisted"]
+        print(variant, {n: [s["accepted"] for s in a["steps"]] for n, a in steps.items()}, file=sys.stderr)
+    (args.out / "golden" / "golden.json").write_text(json.dumps(golden, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
