@@ -181,14 +181,19 @@ def validate_drafter_config(config: dict, name: str) -> None:
 
 def validate_pair(target: LoadedModel, drafter: LoadedModel) -> None:
     """Raise PairMismatchError unless `drafter` was made for `target` (same width, vocab, KV geometry)."""
-    t, d = target.text_config, drafter.text_config
+    check_pair(target.config, drafter.config, target.name, drafter.name)
+
+
+def check_pair(target_config: dict, drafter_config: dict, target_name: str, drafter_name: str) -> None:
+    """Config-level pair check (also used on the bundled released configs)."""
+    t, d = text_config_of(target_config), text_config_of(drafter_config)
     mismatches = []
 
     def check(what: str, drafter_value: Any, target_value: Any) -> None:
         if drafter_value != target_value:
             mismatches.append(f"{what}: drafter {drafter_value}, target {target_value}")
 
-    check("backbone_hidden_size vs hidden_size", drafter.config.get("backbone_hidden_size"), t.get("hidden_size"))
+    check("backbone_hidden_size vs hidden_size", drafter_config.get("backbone_hidden_size"), t.get("hidden_size"))
     check("vocab_size", d.get("vocab_size"), t.get("vocab_size"))
     target_types = set(t.get("layer_types") or [])
     for layer_type in sorted(set(d["layer_types"])):
@@ -203,7 +208,57 @@ def validate_pair(target: LoadedModel, drafter: LoadedModel) -> None:
     if SLIDING in d["layer_types"]:
         check("sliding_window", d.get("sliding_window"), t.get("sliding_window"))
     if mismatches:
-        suggestion = configs.suggest_drafter(t, target.name)
         raise PairMismatchError(
-            f"drafter {drafter.name} does not fit target {target.name} ({'; '.join(mismatches)}). {suggestion}"
+            f"drafter {drafter_name} does not fit target {target_name} ({'; '.join(mismatches)}). "
+            + configs.suggest_drafter(t, target_name)
         )
+
+
+@dataclass
+class SpeculativeModel:
+    """A target and the drafter validated against it (drafter None: plain decoding only)."""
+
+    target: LoadedModel
+    drafter: Optional[LoadedModel]
+
+
+def default_drafter(model: str) -> Optional[str]:
+    """The released assistant for a released target's hub id (google/* or mlx-community/* names)."""
+    owner, _, repo = str(model).partition("/")
+    if not repo or Path(model).expanduser().exists():
+        return None
+    for target in configs.TARGETS:
+        if repo == target:
+            return f"google/{target}{configs.ASSISTANT_SUFFIX}"
+        if repo.lower().startswith(target.lower() + "-"):  # e.g. mlx-community/gemma-4-31B-it-4bit
+            return f"google/{target}{configs.ASSISTANT_SUFFIX}"
+    return None
+
+
+def load_pair(model: str | os.PathLike, drafter: str | os.PathLike | None = None, lazy: bool = False) -> SpeculativeModel:
+    """Load a target and its drafter and check that they fit. With drafter None, use the released
+    assistant for a released target's hub id; a local target needs an explicit drafter."""
+    target = load_target(model, lazy=lazy)
+    drafter = drafter if drafter is not None else default_drafter(str(model))
+    if drafter is None:
+        raise ModelFilesError(
+            f"no drafter given for {model}: pass the matching gemma4_assistant folder or repo "
+            f"(drafter=... / --drafter). {configs.suggest_drafter(target.text_config, str(model))}"
+        )
+    loaded_drafter = load_drafter(drafter)
+    validate_pair(target, loaded_drafter)
+    return SpeculativeModel(target, loaded_drafter)
+
+
+def load_tokenizer(path: Path, config: dict):
+    """mlx-lm's tokenizer wrapper for a model folder, with a clear error when its files are missing."""
+    from mlx_lm.utils import load_tokenizer as mlx_load_tokenizer
+
+    if not any((path / f).exists() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        raise ModelFilesError(f"{path} has no tokenizer files (tokenizer.json / tokenizer.model): the model folder is incomplete.")
+    eos = config.get("eos_token_id")
+    eos = [eos] if isinstance(eos, int) else eos
+    try:
+        return mlx_load_tokenizer(path, eos_token_ids=eos)
+    except Exception as e:  # transformers raises many kinds here
+        raise ModelFilesError(f"the tokenizer in {path} cannot be loaded ({_short(e)}).") from None

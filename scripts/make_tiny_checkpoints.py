@@ -344,6 +344,9 @@ def write_target(out: Path, spec: dict, tokenizer) -> None:
             "eos_token_id": [1, END_OF_TURN_ID],
             "tie_word_embeddings": True,
             "dtype": "float32",
+            # Released configs omit it (262144 is everyone's default); mlx-lm's gemma4 wrapper
+            # copies this top-level value into the text config, so a tiny vocab must be stated.
+            "vocab_size": text["vocab_size"],
         }
         prefix = "model.language_model"
     _write_json(out / "config.json", config)

@@ -1,0 +1,83 @@
+"""The `mlx-spec` command line (typer)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Optional
+
+import typer
+
+from .errors import MlxSpecError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lossless MTP speculative decoding for Gemma 4 on MLX.")
+
+
+@app.callback()
+def _root() -> None:
+    """Lossless MTP speculative decoding for Gemma 4 on MLX."""
+
+
+def _summary(pair) -> dict:
+    from .model_config import kv_producer_layers
+
+    target, drafter = pair.target, pair.drafter
+    t, d = target.text_config, drafter.text_config
+    return {
+        "target": {
+            "name": target.name,
+            "path": str(target.path),
+            "model_type": target.config.get("model_type"),
+            "layers": len(t["layer_types"]),
+            "hidden_size": t["hidden_size"],
+            "moe": bool(t.get("enable_moe_block")),
+            "kv_shared_layers": int(t.get("num_kv_shared_layers") or 0),
+            "kv_producer_layers": kv_producer_layers(t),
+            "sliding_window": t["sliding_window"],
+            "quantization": target.config.get("quantization"),
+        },
+        "drafter": {
+            "name": drafter.name,
+            "path": str(drafter.path),
+            "layers": len(d["layer_types"]),
+            "hidden_size": d["hidden_size"],
+            "head": "centroid-masked" if drafter.config.get("use_ordered_embeddings") else "dense",
+            "quantization": drafter.config.get("quantization"),
+        },
+    }
+
+
+@app.command()
+def check(
+    model: str = typer.Option(..., "--model", "-m", help="Target: local folder or hub id."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (gemma4_assistant): folder or hub id."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Load a target and its drafter, check that they fit, and describe them."""
+    from .loading import load_pair
+
+    summary = _summary(load_pair(model, drafter, lazy=True))
+    if as_json:
+        typer.echo(json.dumps(summary))
+        return
+    t, d = summary["target"], summary["drafter"]
+    typer.echo(f"target  {t['name']}: {t['model_type']}, {t['layers']} layers, hidden {t['hidden_size']}"
+               f"{', MoE' if t['moe'] else ''}, drafter reads KV of layers {t['kv_producer_layers']}")
+    typer.echo(f"drafter {d['name']}: {d['layers']} layers, hidden {d['hidden_size']}, {d['head']} head")
+    typer.echo("pair OK")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point: our errors become one line on stderr and exit code 2."""
+    try:
+        app(args=argv, standalone_mode=True)
+    except MlxSpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except SystemExit as e:  # click's own exit, usage errors included (code 2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
