@@ -67,6 +67,53 @@ def check(
     typer.echo("pair OK")
 
 
+def _parse_ids(text: str) -> list[int]:
+    try:
+        ids = [int(t) for t in text.replace(" ", "").split(",") if t]
+    except ValueError:
+        raise MlxSpecError(f"--prompt-ids takes comma-separated token ids, like 2,17,9; got {text!r}.") from None
+    if not ids:
+        raise MlxSpecError("--prompt-ids is empty: give at least one token id.")
+    return ids
+
+
+@app.command()
+def generate(
+    model: str = typer.Option(..., "--model", "-m", help="Target: local folder or hub id."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (gemma4_assistant): folder or hub id."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text prompt (encoded with the target's tokenizer)."),
+    prompt_ids: Optional[str] = typer.Option(None, "--prompt-ids", help="Comma-separated token ids instead of text."),
+    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Most tokens to generate."),
+    temp: float = typer.Option(0.0, "--temp", min=0.0, help="Sampling temperature (0: greedy)."),
+    draft_tokens: int = typer.Option(4, "--draft-tokens", min=0, max=32, help="Drafts per step (0: plain decoding, same code path)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at end-of-sequence tokens."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object: tokens, text, stats."),
+) -> None:
+    """Generate with speculative decoding; the output is exactly the target's greedy output."""
+    from . import load
+    from .generate import stream_generate
+
+    if (prompt is None) == (prompt_ids is None):
+        raise MlxSpecError("give exactly one of --prompt TEXT or --prompt-ids 2,17,9.")
+    if temp != 0.0:
+        raise MlxSpecError("only --temp 0 (greedy) is supported so far; sampling with rejection sampling is not built yet.")
+    ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
+    pair, tokenizer = load(model, drafter)
+    tokens, text, response = [], "", None
+    for response in stream_generate(pair, tokenizer, ids if ids is not None else prompt, max_tokens=max_tokens,
+                                    draft_tokens=draft_tokens, ignore_eos=ignore_eos):
+        tokens.append(response.token)
+        text += response.text
+        if not as_json:
+            typer.echo(response.text, nl=False)
+    if as_json:
+        out = {"tokens": tokens, "text": text, "finish_reason": response.finish_reason if response else None}
+        out["stats"] = response.stats.to_dict() if response else {}
+        typer.echo(json.dumps(out))
+    else:
+        typer.echo()
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: our errors become one line on stderr and exit code 2."""
     try:

@@ -26,6 +26,7 @@ committed fixtures). Writes, for every tiny variant made by make_tiny_checkpoint
 from __future__ import annotations
 
 import argparse
+import copy
 import hashlib
 import json
 import sys
@@ -41,8 +42,9 @@ from transformers.generation import candidate_generator as cg
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_tiny_checkpoints import VARIANTS  # noqa: E402
 
-GREEDY_TOKENS = 40
-ASSISTED_TOKENS = 40
+GREEDY_TOKENS = 60
+ASSISTED_TOKENS = 60
+ASSISTED_K = (2, 4)
 DRAFT_STEPS = 3
 
 
@@ -67,18 +69,42 @@ def load_pair(root: Path, variant: str):
     return target, drafter, target_dir, drafter_dir
 
 
-class AssistedRecorder:
-    """Wraps SinglePositionMultiTokenCandidateGenerator.get_candidates to log every draft step."""
+def processed_kv_only(shared_kv_states: dict, current_length: int) -> dict:
+    """The target KV of the tokens it has processed and accepted: positions < current_length - 1.
 
-    def __init__(self):
+    transformers (5.24) slices the shared KV to `[:current_length]`: one entry too many, so after a
+    partial rejection the assistant also attends to the rejected draft's key at the new token's
+    position; and once the sliding window has wrapped the slice, taken on the window-relative sliding
+    tensor, keeps every rejected draft. This keeps the full tensor to positions 0..current_length-2
+    and drops the same trailing (rejected) entries from the sliding tensor, whose last entry shares the
+    full tensor's last position.
+    """
+    full_k, full_v = shared_kv_states["full_attention"]
+    drop = full_k.shape[-2] - (current_length - 1)
+    fixed = {}
+    for key, (k, v) in shared_kv_states.items():
+        end = k.shape[-2] - max(drop, 0)
+        fixed[key] = (k[:, :, :end], v[:, :, :end])
+    return fixed
+
+
+class AssistedRecorder:
+    """Wraps SinglePositionMultiTokenCandidateGenerator.get_candidates to log every draft step,
+    optionally handing the assistant only the KV of processed, accepted tokens (see above)."""
+
+    def __init__(self, fix_kv: bool):
         self.steps = []
+        self.fix_kv = fix_kv
         self._orig = cg.SinglePositionMultiTokenCandidateGenerator.get_candidates
 
     def __enter__(self):
         recorder = self
 
-        def get_candidates(gen, input_ids, *args, **kwargs):
-            out_ids, logits = recorder._orig(gen, input_ids, *args, **kwargs)
+        def get_candidates(gen, input_ids, model_kwargs=None, model_outputs=None, *args, **kwargs):
+            if recorder.fix_kv and model_outputs is not None and getattr(model_outputs, "shared_kv_states", None):
+                model_outputs = copy.copy(model_outputs)
+                model_outputs.shared_kv_states = processed_kv_only(model_outputs.shared_kv_states, input_ids.shape[1])
+            out_ids, logits = recorder._orig(gen, input_ids, model_kwargs, model_outputs, *args, **kwargs)
             if logits is not None:
                 recorder.steps.append({"length": int(input_ids.shape[1]), "drafted": out_ids[0, input_ids.shape[1]:].tolist()})
             return out_ids, logits
@@ -147,21 +173,33 @@ def variant_golden(root: Path, variant: str, out_dir: Path) -> dict:
             arrays["draft_tokens"] = np.array(tokens, dtype=np.int32)
             meta["draft"] = {"first_token": token, "position": position, "tokens": tokens}
 
-    # transformers' own assisted (MTP) greedy decoding, with the accepted count of every step.
+    # transformers' own assisted (MTP) greedy decoding with the partly-right (distilled) drafter,
+    # with the drafted tokens and accepted count of every step: "fixed" hands the assistant only the
+    # KV of accepted tokens (our semantics), "reference" is transformers unchanged.
+    trained_dir = root / variant / "drafter-trained"
+    assistant = Gemma4AssistantForCausalLM.from_pretrained(trained_dir, dtype=torch.float32).eval() if trained_dir.exists() else drafter
+    for f in sorted(trained_dir.glob("*.safetensors")) if trained_dir.exists() else []:
+        meta["files"][f"drafter-trained/{f.name}"] = sha256(f)
+    meta["assisted_drafter"] = "drafter-trained" if trained_dir.exists() else "drafter"
     meta["assisted"] = {}
     for name, ids in prompts_for(variant).items():
-        with AssistedRecorder() as rec:
-            seq = target.generate(
-                torch.tensor([ids]), assistant_model=drafter, do_sample=False,
-                max_new_tokens=ASSISTED_TOKENS, min_new_tokens=ASSISTED_TOKENS, eos_token_id=None, pad_token_id=0,
-            )
-        tokens = seq[0, len(ids):].tolist()
-        meta["assisted"][name] = {
-            "num_assistant_tokens": int(drafter.generation_config.num_assistant_tokens),
-            "tokens": tokens,
-            "steps": [dict(s, accepted=a) for s, a in zip(rec.steps, accepted_counts(rec.steps, seq.shape[1]))],
-            "equals_plain_greedy": tokens == meta["greedy"][name],
-        }
+        for k in ASSISTED_K:
+            for mode in ("fixed", "reference"):
+                assistant.generation_config.num_assistant_tokens = k
+                with AssistedRecorder(fix_kv=mode == "fixed") as rec:
+                    seq = target.generate(
+                        torch.tensor([ids]), assistant_model=assistant, do_sample=False,
+                        max_new_tokens=ASSISTED_TOKENS, min_new_tokens=ASSISTED_TOKENS, eos_token_id=None, pad_token_id=0,
+                    )
+                tokens = seq[0, len(ids):].tolist()
+                meta["assisted"][f"{name}-k{k}-{mode}"] = {
+                    "prompt": name,
+                    "num_assistant_tokens": k,
+                    "kv": mode,
+                    "tokens": tokens,
+                    "steps": [dict(s, accepted=a) for s, a in zip(rec.steps, accepted_counts(rec.steps, seq.shape[1]))],
+                    "equals_plain_greedy": tokens == meta["greedy"][name][: len(tokens)],
+                }
 
     np.savez_compressed(out_dir / "golden" / f"{variant}.npz", **arrays)
 

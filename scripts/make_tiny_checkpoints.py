@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write tiny random Gemma 4 targets and their MTP drafters in the real on-disk formats.
 
-    python scripts/make_tiny_checkpoints.py OUT_DIR [--no-quantized]
+    python scripts/make_tiny_checkpoints.py OUT_DIR [--no-quantized] [--trained-drafters tests/fixtures/drafters]
 
 For each variant, OUT_DIR/<variant>/target and OUT_DIR/<variant>/drafter hold a Hugging Face
 layout checkpoint (config.json, model.safetensors, tokenizer files), named and shaped exactly as
@@ -17,6 +17,10 @@ the released google/gemma-4-* checkpoints and their *-assistant drafters are:
   dense-4bit, moe-4bit
           4-bit affine copies (MLX-converted, mlx-community layout) of the dense and MoE pairs,
           written with mlx-lm's own converter (target) and our drafter quantizer.
+
+With --trained-drafters, OUT_DIR/<variant>/drafter-trained holds the same drafter config with
+weights distilled from the target (scripts/train_tiny_drafters.py, committed under
+tests/fixtures/drafters): random drafters are almost never accepted, these are partly right.
 
 Sliding windows are tiny (8 or 12 tokens) so tests cross them many times. Weights are float32,
 drawn from numpy's legacy RandomState (a frozen stream: the same bytes on every machine), so the
@@ -363,6 +367,14 @@ def write_drafter(out: Path, spec: dict) -> None:
     _save_safetensors(out / "model.safetensors", drafter_weights(config, spec["seed"]))
 
 
+def write_trained_drafter(out: Path, spec: dict, weights_file: Path) -> None:
+    """The drafter's config with weights distilled by scripts/train_tiny_drafters.py (partly right drafts)."""
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "config.json", drafter_config(spec["text"], spec["drafter"]))
+    _write_json(out / "generation_config.json", {"num_assistant_tokens": 4, "num_assistant_tokens_schedule": "constant"})
+    shutil.copyfile(weights_file, out / "model.safetensors")
+
+
 def write_quantized(out_root: Path, name: str, source: str) -> None:
     """4-bit MLX copies: the target through mlx-lm's converter, the drafter through ours."""
     from mlx_lm import convert
@@ -381,7 +393,9 @@ def write_quantized(out_root: Path, name: str, source: str) -> None:
         q_bits=QUANTIZATION["bits"],
         q_group_size=QUANTIZATION["group_size"],
     )
-    gemma4_assistant.convert(out_root / source / "drafter", dst / "drafter", quantization=QUANTIZATION)
+    trained = out_root / source / "drafter-trained"
+    drafter = trained if trained.exists() else out_root / source / "drafter"
+    gemma4_assistant.convert(drafter, dst / "drafter", quantization=QUANTIZATION)
 
 
 def main(argv=None) -> int:
@@ -389,6 +403,11 @@ def main(argv=None) -> int:
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--no-quantized", action="store_true", help="skip the 4-bit MLX copies (needs mlx)")
     parser.add_argument("--variants", nargs="*", default=None, help="subset of: " + ", ".join([*VARIANTS, *QUANTIZED]))
+    parser.add_argument(
+        "--trained-drafters", type=Path, default=None,
+        help="folder of <variant>.safetensors from train_tiny_drafters.py (tests/fixtures/drafters): "
+        "also write <variant>/drafter-trained, and quantize those drafters for the 4-bit copies",
+    )
     args = parser.parse_args(argv)
     wanted = args.variants or [*VARIANTS, *([] if args.no_quantized else QUANTIZED)]
     unknown = [v for v in wanted if v not in VARIANTS and v not in QUANTIZED]
@@ -398,19 +417,25 @@ def main(argv=None) -> int:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     # Write into a temporary folder beside OUT_DIR and move into place: no partial checkpoints.
     tokenizer = build_tokenizer()
+
+    def write_pair(root: Path, name: str) -> None:
+        spec = VARIANTS[name]
+        write_target(root / name / "target", spec, tokenizer)
+        write_drafter(root / name / "drafter", spec)
+        trained = args.trained_drafters / f"{name}.safetensors" if args.trained_drafters else None
+        if trained is not None and trained.exists():
+            write_trained_drafter(root / name / "drafter-trained", spec, trained)
+
     with tempfile.TemporaryDirectory(dir=args.out_dir, prefix=".tmp-") as tmp:
         tmp = Path(tmp)
         for name in wanted:
-            spec = VARIANTS.get(name) or VARIANTS[QUANTIZED[name]]
             source = QUANTIZED.get(name)
             if source is not None:
                 if not (tmp / source / "target").exists():
-                    write_target(tmp / source / "target", VARIANTS[source], tokenizer)
-                    write_drafter(tmp / source / "drafter", VARIANTS[source])
+                    write_pair(tmp, source)
                 write_quantized(tmp, name, source)
             else:
-                write_target(tmp / name / "target", spec, tokenizer)
-                write_drafter(tmp / name / "drafter", spec)
+                write_pair(tmp, name)
             print(f"wrote {name}", file=sys.stderr)
         for name in wanted:
             final = args.out_dir / name

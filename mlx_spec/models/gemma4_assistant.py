@@ -118,35 +118,43 @@ class Model(nn.Module):
         inputs_embeds: mx.array,
         position,
         shared_kv: dict[str, tuple[mx.array, mx.array]],
+        masks: Optional[dict[str, mx.array]] = None,
     ) -> tuple[mx.array, mx.array]:
         """One draft step.
 
         inputs_embeds: [B, L, 2 * backbone] (scaled target embedding ; target or drafter hidden).
-        position: RoPE position of the queries (int or mx.array), the last seen token's.
+        position: RoPE position of the queries (int or mx.array [B]), the last seen token's.
         shared_kv: {"full_attention": (K, V), "sliding_attention": (K, V)}, each [B, kv_heads, S, D],
             RoPE already applied, as the target's producer layers hold them. Full layers attend to all
             S entries, sliding layers to the last `sliding_window + 1` (no causal mask: the query
             stands after every key). The +1 is the reference's: transformers builds the assistant's
             sliding mask with `abs(q - kv) <= sliding_window`, an inclusive bound, so it sees one key
             more than the target's own sliding layers do. Key order within the window does not matter.
+        masks: optional per-layer-type boolean masks [B, 1, L, S] instead of the windowing above
+            (training on many positions of one sequence at once); the KV is then used whole.
         Returns (logits [B, L, vocab], next hidden [B, L, backbone]).
         """
+        h = self.features(inputs_embeds, position, shared_kv, masks)
+        return self.head(h), self.post_projection(h)
+
+    def features(self, inputs_embeds, position, shared_kv, masks=None) -> mx.array:
+        """The final-normed drafter hidden state of a draft step (see __call__)."""
         kv = dict(shared_kv)
         keys, values = kv[SLIDING]
         span = self.sliding_span
-        if keys.shape[-2] > span:
+        if masks is None and keys.shape[-2] > span:
             kv[SLIDING] = (keys[..., -span:, :], values[..., -span:, :])
-
+        masks = masks or {}
         h = self.pre_projection(inputs_embeds)
         for layer in self.model.layers:
-            h, _, _ = layer(h, None, None, shared_kv=kv[layer.layer_type], offset=position)
-        h = self.model.norm(h)
+            h, _, _ = layer(h, masks.get(layer.layer_type), None, shared_kv=kv[layer.layer_type], offset=position)
+        return self.model.norm(h)
 
+    def head(self, h: mx.array) -> mx.array:
+        """Logits from the final-normed drafter hidden state."""
         if self.args.use_ordered_embeddings:
-            logits = self.masked_embedding(h, self.model.embed_tokens)
-        else:
-            logits = self.model.embed_tokens.as_linear(h)
-        return logits, self.post_projection(h)
+            return self.masked_embedding(h, self.model.embed_tokens)
+        return self.model.embed_tokens.as_linear(h)
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         out = {}

@@ -1,0 +1,136 @@
+"""KV caches that own their rollback, sliding ones included after the window has wrapped.
+
+mlx-lm's `RotatingKVCache` keeps a ring of exactly `sliding_window` keys and stops trimming once it
+has wrapped (`is_trimmable()` turns false), which silently corrupts speculative decoding past the
+window. `SlidingKVCache` instead keeps the newest `sliding_window + 1 + max_rollback` keys in a
+linear buffer: enough for the target's own sliding attention (W keys per query), for the drafter's
+(W + 1 keys, see models/gemma4_assistant.py), and for rolling back a rejected block of up to
+`max_rollback` tokens at any length. Rolling back further than that raises instead of corrupting.
+
+Full-attention layers use mlx-lm's `KVCache`, whose `trim` is exact at any length.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import mlx.core as mx
+from mlx_lm.models.cache import KVCache
+
+
+class RollbackError(RuntimeError):
+    """A cache was asked to forget more tokens than it can restore."""
+
+
+class SlidingKVCache:
+    """Sliding-window KV cache with exact rollback.
+
+    Positions are absolute: `offset` is the number of tokens the cache has seen (after rollbacks),
+    and the buffer holds the keys of positions [base, offset).
+    """
+
+    step = 256
+
+    def __init__(self, sliding_window: int, max_rollback: int = 16):
+        self.window = int(sliding_window)
+        self.max_rollback = int(max_rollback)
+        self.keep = self.window + 1 + self.max_rollback
+        self.keys: Optional[mx.array] = None
+        self.values: Optional[mx.array] = None
+        self.offset = 0
+        self.base = 0
+
+    # -- what the target's attention sees ---------------------------------------------------
+    def _first_visible(self) -> int:
+        """Oldest position any query of the next update can attend to."""
+        return max(0, self.offset - self.window + 1)
+
+    def make_mask(self, N: int, window_size: Optional[int] = None, return_array: bool = False, **kwargs):
+        if N == 1 and not return_array:
+            return None  # one query: every returned key lies in its window
+        start = self._first_visible()
+        q = mx.arange(self.offset, self.offset + N)[:, None]
+        k = mx.arange(start, self.offset + N)[None]
+        return (k <= q) & (k > q - self.window)
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        n = keys.shape[2]
+        used = self.offset - self.base
+        if self.keys is None:
+            B, H, _, Dk = keys.shape
+            capacity = max(self.keep, n) + self.step
+            self.keys = mx.zeros((B, H, capacity, Dk), keys.dtype)
+            self.values = mx.zeros((B, H, capacity, values.shape[3]), values.dtype)
+        elif used + n > self.keys.shape[2]:
+            # Drop keys older than the newest `keep` and make room (amortised: once per `step` tokens).
+            drop = max(0, used - self.keep)
+            capacity = max(self.keys.shape[2], used - drop + n + self.step)
+            grow = capacity - (used - drop)
+            B, H, _, Dk = self.keys.shape
+            self.keys = mx.concatenate([self.keys[..., drop:used, :], mx.zeros((B, H, grow, Dk), keys.dtype)], axis=2)
+            self.values = mx.concatenate(
+                [self.values[..., drop:used, :], mx.zeros((B, H, grow, self.values.shape[3]), values.dtype)], axis=2
+            )
+            self.base += drop
+            used -= drop
+        start = self._first_visible() - self.base
+        self.keys[..., used : used + n, :] = keys
+        self.values[..., used : used + n, :] = values
+        self.offset += n
+        end = self.offset - self.base
+        return self.keys[..., start:end, :], self.values[..., start:end, :]
+
+    # -- rollback -------------------------------------------------------------------------------
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        n = min(int(n), self.offset)
+        if self.offset - n - self.base < min(self.offset - n, self.window + 1):
+            raise RollbackError(
+                f"cannot roll back {n} tokens: the sliding cache keeps {self.max_rollback} tokens of slack "
+                f"(create it with max_rollback >= the draft length)"
+            )
+        self.offset -= n
+        return n
+
+    # -- what the drafter reads in place ----------------------------------------------------------
+    def recent(self, n: int) -> tuple[mx.array, mx.array]:
+        """Keys and values of the newest `n` positions (fewer at the start)."""
+        end = self.offset - self.base
+        start = max(0, end - n)
+        return self.keys[..., start:end, :], self.values[..., start:end, :]
+
+    # -- mlx-lm cache protocol ----------------------------------------------------------------------
+    @property
+    def state(self):
+        end = self.offset - self.base
+        return self.keys[..., :end, :], self.values[..., :end, :]
+
+    @property
+    def meta_state(self):
+        return tuple(map(str, (self.window, self.max_rollback, self.offset, self.base)))
+
+    def empty(self) -> bool:
+        return self.keys is None
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.keys is None else self.keys.nbytes + self.values.nbytes
+
+    def size(self) -> int:
+        return self.offset
+
+
+def full_kv(cache: KVCache) -> tuple[mx.array, mx.array]:
+    """All valid keys and values of a full-attention cache, read in place."""
+    return cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :]
+
+
+def trim_all(caches: list, n: int) -> None:
+    """Roll every cache back by n tokens (exact, or RollbackError)."""
+    if n <= 0:
+        return
+    for c in caches:
+        if c.trim(n) != n:
+            raise RollbackError(f"cache {type(c).__name__} trimmed fewer than {n} tokens")

@@ -1,0 +1,113 @@
+"""Public generation API shaped like mlx-lm's: `stream_generate` yields responses, `generate` returns text."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Generator, Optional, Sequence, Union
+
+import mlx.core as mx
+
+from .loading import SpeculativeModel
+from .speculative import SpecStats, speculative_generate_step
+from .target import Target
+
+
+@dataclass
+class GenerationResponse:
+    """One streamed step, as mlx-lm's GenerationResponse plus speculative stats."""
+
+    text: str
+    token: int
+    from_draft: bool
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory: float  # GB
+    finish_reason: Optional[str] = None
+    stats: SpecStats = field(default_factory=SpecStats)
+
+
+def _prompt_ids(tokenizer, prompt: Union[str, Sequence[int], mx.array]) -> list[int]:
+    if isinstance(prompt, str):
+        return list(tokenizer.encode(prompt))
+    if isinstance(prompt, mx.array):
+        return prompt.reshape(-1).tolist()
+    return [int(t) for t in prompt]
+
+
+def stream_generate(
+    model: SpeculativeModel,
+    tokenizer,
+    prompt: Union[str, Sequence[int], mx.array],
+    max_tokens: int = 256,
+    draft_tokens: int = 4,
+    ignore_eos: bool = False,
+    max_context: Optional[int] = None,
+) -> Generator[GenerationResponse, None, None]:
+    """Greedy speculative decoding; every yielded token is the target's own greedy choice."""
+    ids = _prompt_ids(tokenizer, prompt)
+    target = Target(model.target.module, model.target.text_config)
+    drafter = model.drafter.module if model.drafter is not None else None
+    stop = set() if ignore_eos else set(tokenizer.eos_token_ids)
+    stats = SpecStats()
+    detokenizer = tokenizer.detokenizer
+    detokenizer.reset()
+    tic = time.perf_counter()
+    prompt_tps = 0.0
+    n = 0
+    accepted_seen = 0
+    steps = speculative_generate_step(
+        ids, target, drafter, draft_tokens=draft_tokens, max_tokens=max_tokens,
+        stop_tokens=stop, max_context=max_context, stats=stats,
+    )
+    for token in steps:
+        if n == 0:
+            prompt_time = time.perf_counter() - tic
+            prompt_tps = len(ids) / prompt_time if prompt_time else 0.0
+            tic = time.perf_counter()
+        n += 1
+        from_draft = stats.accepted > accepted_seen  # accepted drafts are yielded right after their verify
+        if from_draft:
+            accepted_seen += 1
+        finish = None
+        if token in stop:
+            finish = "stop"
+        elif n >= max_tokens:
+            finish = "length"
+        if token not in stop:
+            detokenizer.add_token(token)
+        if finish:
+            detokenizer.finalize()
+        elapsed = time.perf_counter() - tic
+        yield GenerationResponse(
+            text=detokenizer.last_segment,
+            token=token,
+            from_draft=from_draft,
+            prompt_tokens=len(ids),
+            prompt_tps=prompt_tps,
+            generation_tokens=n,
+            generation_tps=n / elapsed if elapsed > 0 else 0.0,
+            peak_memory=mx.get_peak_memory() / 1e9,
+            finish_reason=finish,
+            stats=stats,
+        )
+        if finish:
+            return
+
+
+def generate(model: SpeculativeModel, tokenizer, prompt, verbose: bool = False, **kwargs) -> str:
+    """The generated text (see stream_generate for arguments)."""
+    text = ""
+    response = None
+    for response in stream_generate(model, tokenizer, prompt, **kwargs):
+        text += response.text
+        if verbose:
+            print(response.text, end="", flush=True)
+    if verbose and response is not None:
+        s = response.stats
+        print(f"\nprompt: {response.prompt_tokens} tokens, {response.prompt_tps:.1f} tok/s; "
+              f"generation: {response.generation_tokens} tokens, {response.generation_tps:.1f} tok/s; "
+              f"accepted {s.accepted}/{s.drafted}, target forwards/token {s.target_forwards / max(1, s.generated):.2f}")
+    return text

@@ -1,0 +1,171 @@
+"""The speculative decoding loop: prompt -> prefill -> draft -> verify -> accept/rollback -> tokens.
+
+    prefill   the target reads the prompt once; keep its last hidden state and first new token t.
+    draft     the drafter proposes d1..dk from t, that hidden state and the target's KV (in place).
+    verify    one target forward over [t, d1..dk] gives k+1 next-token distributions.
+    accept    the longest prefix of drafts the target agrees with, plus the target's own next token.
+    rollback  every cache forgets the rejected drafts' keys: exactly k - n positions.
+    stream    yield the n + 1 new tokens; the hidden state behind the last one feeds the next draft.
+
+`draft_tokens=0` (or no drafter) runs plain decoding through the same path: verify of [t] only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Generator, Iterable, Optional
+
+import mlx.core as mx
+
+from .cache import trim_all
+from .draft import greedy, propose, target_position
+from .errors import MlxSpecError
+from .models.gemma4_assistant import Model as AssistantModel
+from .target import Target
+
+# accept(drafts [k], draft_logits [k, V] or None, target_logits [k+1, V]) -> (n accepted, next token)
+AcceptFn = Callable[[mx.array, Optional[mx.array], mx.array], tuple[int, int]]
+
+
+def greedy_accept(drafts: mx.array, draft_logits: Optional[mx.array], target_logits: mx.array) -> tuple[int, int]:
+    """Temperature 0: accept drafts while they equal the target's argmax; then the target's argmax."""
+    choices = mx.argmax(target_logits, axis=-1).tolist()
+    n = 0
+    for d in drafts.tolist():
+        if d != choices[n]:
+            break
+        n += 1
+    return n, choices[n]
+
+
+@dataclass
+class SpecStats:
+    """Counters and timings of one generation."""
+
+    prompt_tokens: int = 0
+    generated: int = 0
+    steps: int = 0  # verify passes after the prefill
+    drafted: int = 0
+    accepted: int = 0
+    target_forwards: int = 0  # prefill chunks + verify passes
+    drafter_forwards: int = 0
+    drafted_per_position: list[int] = field(default_factory=list)
+    accepted_per_position: list[int] = field(default_factory=list)
+    accepted_per_step: list[int] = field(default_factory=list)
+    prefill_time: float = 0.0
+    draft_time: float = 0.0
+    verify_time: float = 0.0
+    rollback_time: float = 0.0
+
+    def record_step(self, k: int, n: int) -> None:
+        self.steps += 1
+        self.drafted += k
+        self.accepted += n
+        self.drafter_forwards += k
+        self.accepted_per_step.append(n)
+        for lst in (self.drafted_per_position, self.accepted_per_position):
+            lst.extend([0] * (k - len(lst)))
+        for i in range(k):
+            self.drafted_per_position[i] += 1
+            if i < n:
+                self.accepted_per_position[i] += 1
+
+    @property
+    def acceptance_per_position(self) -> list[float]:
+        return [a / d if d else 0.0 for a, d in zip(self.accepted_per_position, self.drafted_per_position)]
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["acceptance_per_position"] = self.acceptance_per_position
+        out["target_forwards_per_token"] = self.target_forwards / self.generated if self.generated else 0.0
+        out["mean_accepted_per_step"] = self.accepted / self.steps if self.steps else 0.0
+        return out
+
+
+def _clock() -> float:
+    return time.perf_counter()
+
+
+def speculative_generate_step(
+    prompt: Iterable[int],
+    target: Target,
+    drafter: Optional[AssistantModel],
+    *,
+    draft_tokens: int = 4,
+    max_tokens: int = 256,
+    stop_tokens: Iterable[int] = (),
+    accept: AcceptFn = greedy_accept,
+    draft_sampler=greedy,
+    first_token: Callable[[mx.array], int] = lambda logits: int(mx.argmax(logits, axis=-1).item()),
+    prefill_step_size: int = 512,
+    max_context: Optional[int] = None,
+    stats: Optional[SpecStats] = None,
+) -> Generator[int, None, None]:
+    """Yield up to `max_tokens` target tokens; stops after a stop token (which is yielded)."""
+    prompt = list(prompt)
+    stats = stats if stats is not None else SpecStats()
+    stop = set(stop_tokens)
+    max_context = max_context or target.max_context
+    k_max = draft_tokens if drafter is not None else 0
+    if not prompt:
+        raise MlxSpecError("the prompt is empty: give at least one token.")
+    if len(prompt) >= max_context:
+        raise MlxSpecError(f"the prompt has {len(prompt)} tokens, the model's context is {max_context}: shorten the prompt.")
+    if max_tokens <= 0:
+        return
+    stats.prompt_tokens = len(prompt)
+    cache = target.make_cache(max_rollback=max(k_max, 1))
+
+    # prefill
+    t0 = _clock()
+    ids = mx.array(prompt)[None]
+    while ids.shape[1] > prefill_step_size:
+        target.lm.model(ids[:, :prefill_step_size], cache=cache)
+        mx.eval([c.keys for c in cache])
+        stats.target_forwards += 1
+        ids = ids[:, prefill_step_size:]
+    logits, hidden = target.forward(ids, cache, last_only=True)
+    token = first_token(logits[0, -1:])
+    stats.target_forwards += 1
+    stats.prefill_time = _clock() - t0
+
+    generated = 0
+    while True:
+        stats.generated = generated = generated + 1
+        yield token
+        if token in stop or generated >= max_tokens:
+            return
+        position = target_position(cache)  # where `token` goes
+        room = max_context - position - 1  # verify writes positions position .. position + k
+        if room < 0:
+            return
+        k = max(0, min(k_max, max_tokens - generated - 1, room))
+
+        t0 = _clock()
+        if k:
+            drafts, draft_logits = propose(drafter, target, cache, mx.array([token]), hidden, k, draft_sampler)
+            mx.eval(drafts, draft_logits)
+        else:
+            drafts, draft_logits = mx.array([], dtype=mx.int32), None
+        t1 = _clock()
+        verify_in = mx.concatenate([mx.array([token], dtype=mx.int32), drafts.astype(mx.int32)])[None]
+        logits, hidden_all = target.forward(verify_in, cache)
+        mx.eval(logits, hidden_all)
+        stats.target_forwards += 1
+        n, next_token = accept(drafts, draft_logits, logits[0])
+        t2 = _clock()
+        trim_all(cache, k - n)
+        hidden = hidden_all[:, n : n + 1]
+        t3 = _clock()
+        stats.draft_time += t1 - t0
+        stats.verify_time += t2 - t1
+        stats.rollback_time += t3 - t2
+        stats.record_step(k, n)
+
+        for d in drafts[:n].tolist():
+            stats.generated = generated = generated + 1
+            yield d
+            if d in stop:
+                return
+        token = next_token
