@@ -6,7 +6,9 @@ import os
 from typing import Optional
 
 from .errors import ConfigError, MlxSpecError, ModelFilesError, PairMismatchError
+from .generate import GenerationResponse, generate, stream_generate
 from .loading import SpeculativeModel, load_pair, load_tokenizer
+from .speculative import SpecStats
 
 __version__ = "0.1.0"
 
@@ -24,6 +26,10 @@ def load(model: str | os.PathLike, drafter: Optional[str | os.PathLike] = None, 
 
 __all__ = [
     "load",
+    "generate",
+    "stream_generate",
+    "GenerationResponse",
+    "SpecStats",
     "SpeculativeModel",
     "MlxSpecError",
     "ModelFilesError",

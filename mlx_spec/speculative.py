@@ -53,12 +53,15 @@ class SpecStats:
     drafted_per_position: list[int] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
     accepted_per_step: list[int] = field(default_factory=list)
+    drafts_per_step: list[list[int]] = field(default_factory=list)
     prefill_time: float = 0.0
     draft_time: float = 0.0
     verify_time: float = 0.0
     rollback_time: float = 0.0
 
-    def record_step(self, k: int, n: int) -> None:
+    def record_step(self, drafts: list[int], n: int) -> None:
+        k = len(drafts)
+        self.drafts_per_step.append(drafts)
         self.steps += 1
         self.drafted += k
         self.accepted += n
@@ -161,9 +164,10 @@ def speculative_generate_step(
         stats.draft_time += t1 - t0
         stats.verify_time += t2 - t1
         stats.rollback_time += t3 - t2
-        stats.record_step(k, n)
+        drafted = drafts.tolist()
+        stats.record_step(drafted, n)
 
-        for d in drafts[:n].tolist():
+        for d in drafted[:n]:
             stats.generated = generated = generated + 1
             yield d
             if d in stop:

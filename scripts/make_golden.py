@@ -69,43 +69,54 @@ def load_pair(root: Path, variant: str):
     return target, drafter, target_dir, drafter_dir
 
 
-def processed_kv_only(shared_kv_states: dict, current_length: int) -> dict:
-    """The target KV of the tokens it has processed and accepted: positions < current_length - 1.
+class AcceptedKV:
+    """The target KV of exactly the tokens it has processed and accepted (positions < current_length - 1).
 
-    transformers (5.24) slices the shared KV to `[:current_length]`: one entry too many, so after a
-    partial rejection the assistant also attends to the rejected draft's key at the new token's
-    position; and once the sliding window has wrapped the slice, taken on the window-relative sliding
-    tensor, keeps every rejected draft. This keeps the full tensor to positions 0..current_length-2
-    and drops the same trailing (rejected) entries from the sliding tensor, whose last entry shares the
-    full tensor's last position.
+    transformers 5.24 hands the assistant `shared_kv_states[..., :current_length, :]` of the last
+    target forward. Two bookkeeping accidents follow: (1) the slice is one entry too long, so after a
+    partial rejection the assistant also attends to the first rejected draft's key (at the new token's
+    position); (2) its sliding cache keeps only window - 1 keys between forwards, and past the window
+    the slice is taken on a window-relative tensor: after a full rejection the assistant sees W keys
+    instead of the W + 1 its own mask allows, and otherwise every rejected draft stays visible.
+    This keeps a position-indexed history of the producer layers' keys (later forwards overwrite
+    rejected positions) and hands the assistant positions 0 .. current_length - 2 of it; the
+    assistant's own mask then keeps the newest sliding_window + 1 sliding keys, as it does after prefill.
     """
-    full_k, full_v = shared_kv_states["full_attention"]
-    drop = full_k.shape[-2] - (current_length - 1)
-    fixed = {}
-    for key, (k, v) in shared_kv_states.items():
-        end = k.shape[-2] - max(drop, 0)
-        fixed[key] = (k[:, :, :end], v[:, :, :end])
-    return fixed
+
+    def __init__(self):
+        self.history = {}
+
+    def __call__(self, shared_kv_states: dict, current_length: int) -> dict:
+        end = shared_kv_states["full_attention"][0].shape[-2]  # full layers hold every position < end
+        fixed = {}
+        for key, (k, v) in shared_kv_states.items():
+            hk, hv = self.history.get(key, (k.new_zeros(k.shape[:2] + (0, k.shape[-1])), v.new_zeros(v.shape[:2] + (0, v.shape[-1]))))
+            start = end - k.shape[-2]
+            hk = torch.cat([hk[:, :, :start], k], dim=2)
+            hv = torch.cat([hv[:, :, :start], v], dim=2)
+            self.history[key] = (hk, hv)
+            fixed[key] = (hk[:, :, : current_length - 1], hv[:, :, : current_length - 1])
+        return fixed
 
 
 class AssistedRecorder:
     """Wraps SinglePositionMultiTokenCandidateGenerator.get_candidates to log every draft step,
-    optionally handing the assistant only the KV of processed, accepted tokens (see above)."""
+    optionally handing the assistant only the KV of accepted tokens (see AcceptedKV)."""
 
     def __init__(self, fix_kv: bool):
         self.steps = []
-        self.fix_kv = fix_kv
+        self.accepted_kv = AcceptedKV() if fix_kv else None
         self._orig = cg.SinglePositionMultiTokenCandidateGenerator.get_candidates
 
     def __enter__(self):
         recorder = self
 
         def get_candidates(gen, input_ids, model_kwargs=None, model_outputs=None, *args, **kwargs):
-            if recorder.fix_kv and model_outputs is not None and getattr(model_outputs, "shared_kv_states", None):
+            if recorder.accepted_kv is not None and model_outputs is not None and getattr(model_outputs, "shared_kv_states", None):
                 model_outputs = copy.copy(model_outputs)
-                model_outputs.shared_kv_states = processed_kv_only(model_outputs.shared_kv_states, input_ids.shape[1])
+                model_outputs.shared_kv_states = recorder.accepted_kv(model_outputs.shared_kv_states, input_ids.shape[1])
             out_ids, logits = recorder._orig(gen, input_ids, model_kwargs, model_outputs, *args, **kwargs)
-            if logits is not None:
+            if not kwargs.get("is_first_iteration"):  # every verify step, drafts or not (budget end)
                 recorder.steps.append({"length": int(input_ids.shape[1]), "drafted": out_ids[0, input_ids.shape[1]:].tolist()})
             return out_ids, logits
 

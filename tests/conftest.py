@@ -41,7 +41,7 @@ def tiny(tmp_path_factory, golden) -> Path:
     import make_tiny_checkpoints
 
     out = tmp_path_factory.mktemp("tiny")
-    make_tiny_checkpoints.main([str(out)])
+    make_tiny_checkpoints.main([str(out), "--trained-drafters", str(FIXTURES / "drafters")])
     for variant, meta in golden["variants"].items():
         for rel, digest in meta["files"].items():
             got = hashlib.sha256((out / variant / rel).read_bytes()).hexdigest()

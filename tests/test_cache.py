@@ -1,0 +1,72 @@
+"""SlidingKVCache: exact attention and exact rollback far past the window (the classic peer bug)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx_lm.models.base import scaled_dot_product_attention
+from mlx_lm.models.cache import KVCache, RotatingKVCache, trim_prompt_cache
+
+from mlx_spec.cache import RollbackError, SlidingKVCache
+
+W = 8
+
+
+def reference_attention(q, keys, values, positions_q, positions_k):
+    """Windowed causal attention computed from the full history."""
+    mask = (positions_k[None] <= positions_q[:, None]) & (positions_k[None] > positions_q[:, None] - W)
+    return mx.fast.scaled_dot_product_attention(q, keys, values, scale=1.0, mask=mask)
+
+
+def test_matches_full_history_through_random_updates_and_rollbacks():
+    rng = np.random.RandomState(0)
+    cache = SlidingKVCache(W, max_rollback=8)
+    history_k, history_v = [], []  # the "true" accepted sequence
+    for step in range(120):  # ~15 windows
+        n = int(rng.randint(1, 9))
+        k = mx.array(rng.standard_normal((1, 2, n, 4)).astype(np.float32))
+        v = mx.array(rng.standard_normal((1, 2, n, 4)).astype(np.float32))
+        q = mx.array(rng.standard_normal((1, 2, n, 4)).astype(np.float32))
+        mask = cache.make_mask(n, window_size=W)
+        start = cache.offset
+        keys, values = cache.update_and_fetch(k, v)
+        out = scaled_dot_product_attention(q, keys, values, cache=cache, scale=1.0, mask=mask)
+        all_k = mx.concatenate(history_k + [k], axis=2)
+        all_v = mx.concatenate(history_v + [v], axis=2)
+        ref = reference_attention(q, all_k, all_v, mx.arange(start, start + n), mx.arange(all_k.shape[2]))
+        assert float(mx.abs(out - ref).max()) < 1e-5, step
+        keep = int(rng.randint(1, n + 1))  # accept a prefix, roll back the rest
+        cache.trim(n - keep)
+        history_k.append(k[:, :, :keep])
+        history_v.append(v[:, :, :keep])
+        assert cache.offset == sum(h.shape[2] for h in history_k)
+        # what the drafter reads: the newest W + 1 accepted keys
+        recent_k, _ = cache.recent(W + 1)
+        truth = mx.concatenate(history_k, axis=2)[:, :, -(W + 1):]
+        assert mx.array_equal(recent_k, truth)
+
+
+def test_rollback_beyond_slack_raises():
+    cache = SlidingKVCache(W, max_rollback=2)
+    for _ in range(600):  # past several compactions of the buffer
+        cache.update_and_fetch(mx.zeros((1, 1, 1, 4)), mx.zeros((1, 1, 1, 4)))
+    assert cache.base > 0
+    held = cache.offset - cache.base
+    with pytest.raises(RollbackError):
+        cache.trim(held - W)  # would leave fewer than W + 1 keys the drafter and target need
+    assert cache.trim(2) == 2
+
+
+def test_mlx_lm_rotating_cache_stops_trimming_after_wrap():
+    """Why we do not use mlx-lm's RotatingKVCache: past the window, trim silently does nothing."""
+    caches = [RotatingKVCache(max_size=W), KVCache()]
+    for _ in range(3 * W):
+        for c in caches:
+            c.update_and_fetch(mx.zeros((1, 1, 1, 4)), mx.zeros((1, 1, 1, 4)))
+    assert trim_prompt_cache(caches, 3) == 0  # silently not rolled back
+    ours = [SlidingKVCache(W), KVCache()]
+    for _ in range(3 * W):
+        for c in ours:
+            c.update_and_fetch(mx.zeros((1, 1, 1, 4)), mx.zeros((1, 1, 1, 4)))
+    assert trim_prompt_cache(ours, 3) == 3 and ours[0].offset == 3 * W - 3

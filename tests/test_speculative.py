@@ -1,0 +1,197 @@
+"""The greedy speculative loop is lossless: token for token the target's plain greedy output.
+
+Drafters: `drafter-trained` (distilled, partly right: acceptance 10-75%, so accept, partial reject and
+rollback all happen) and, once, the random `drafter` (rejects almost everything: rollback every step).
+Prompts: short, and longer than 3x the sliding window; 300 tokens cross the window dozens of times.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from conftest import FIXTURES, QUANTIZED, VARIANTS
+from mlx_spec.errors import MlxSpecError
+from mlx_spec.loading import load_pair
+from mlx_spec.speculative import SpecStats, speculative_generate_step
+from mlx_spec.target import Target
+
+TOKENS = 300
+
+
+def drafter_dir(tiny, variant):
+    return tiny / variant / ("drafter" if variant in QUANTIZED else "drafter-trained")
+
+
+@pytest.fixture(scope="module")
+def models(tiny):
+    out = {}
+    for variant in (*VARIANTS, *QUANTIZED):
+        pair = load_pair(tiny / variant / "target", drafter_dir(tiny, variant))
+        out[variant] = (Target(pair.target.module, pair.target.text_config), pair.drafter.module)
+    return out
+
+
+def prompts(target: Target) -> dict[str, list[int]]:
+    window = target.sliding_window
+    out = {}
+    for seed, length in ((0, 6), (1, 3 * window + 7), (2, 4 * window + 3)):
+        rng = np.random.RandomState(seed)
+        out[f"seed{seed}-len{length}"] = [2] + rng.randint(5, target.vocab_size, size=length - 1).tolist()
+    return out
+
+
+def run(target, drafter, prompt, k, tokens=TOKENS, **kw):
+    stats = SpecStats()
+    out = list(speculative_generate_step(prompt, target, drafter, draft_tokens=k, max_tokens=tokens, stats=stats, **kw))
+    return out, stats
+
+
+def first_difference(a, b):
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
+
+
+@pytest.mark.parametrize("variant", (*VARIANTS, *QUANTIZED))
+def test_speculative_equals_plain_greedy(models, variant):
+    target, drafter = models[variant]
+    accepted_any = rejected_any = False
+    for name, prompt in prompts(target).items():
+        plain, plain_stats = run(target, drafter, prompt, 0)
+        assert len(plain) == TOKENS and plain_stats.target_forwards == TOKENS  # plain: one forward per token
+        for k in range(1, 9):
+            spec, stats = run(target, drafter, prompt, k)
+            assert spec == plain, f"{variant} {name} k={k}: first difference at token {first_difference(spec, plain)}"
+            assert stats.generated == TOKENS and stats.target_forwards == 1 + stats.steps
+            assert stats.accepted == sum(stats.accepted_per_step) == sum(stats.accepted_per_position)
+            assert stats.generated == 1 + stats.accepted + stats.steps
+            accepted_any |= stats.accepted > 0
+            rejected_any |= stats.accepted < stats.drafted
+    assert accepted_any and rejected_any  # the drafter is partly right: both paths ran
+
+
+def test_random_drafter_rollback_every_step(tiny, models):
+    target, _ = models["e2b"]
+    random_drafter = load_pair(tiny / "e2b" / "target", tiny / "e2b" / "drafter").drafter.module
+    prompt = list(prompts(target).values())[1]  # longer than 3 windows
+    plain, _ = run(target, None, prompt, 0)
+    spec, stats = run(target, random_drafter, prompt, 8)
+    assert spec == plain
+    assert stats.accepted <= stats.steps // 4  # nearly every block rejected and rolled back
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_accepted_counts_match_transformers(models, golden, variant):
+    """Same drafts as transformers' assisted (MTP) decoding: every step accepts exactly as many tokens.
+
+    Golden runs are transformers' own with its shared-KV slice corrected to the accepted tokens
+    ("fixed", see scripts/make_golden.py); the unchanged reference ("reference") differs after partial
+    rejections because it also shows the assistant the rejected drafts' keys.
+    """
+    meta = golden["variants"][variant]
+    assert meta["assisted_drafter"] == "drafter-trained"
+    target, drafter = models[variant]
+    compared = 0
+    for key, run_meta in meta["assisted"].items():
+        if run_meta["kv"] != "fixed":
+            continue
+        prompt = meta["prompts"][run_meta["prompt"]]
+        tokens, stats = run(target, drafter, prompt, run_meta["num_assistant_tokens"], tokens=len(run_meta["tokens"]))
+        assert tokens == run_meta["tokens"], key
+        assert stats.drafts_per_step == [s["drafted"] for s in run_meta["steps"]], key
+        assert stats.accepted_per_step == [s["accepted"] for s in run_meta["steps"]], key
+        compared += 1
+        assert sum(stats.accepted_per_step) > 0
+    assert compared == 4
+
+
+class OracleDrafter:
+    """Proposes the target's own greedy continuation (known in advance): every draft is accepted,
+    so every token but a block's last comes from a draft."""
+
+    def __init__(self, prompt, continuation, vocab_size, hidden_size, sliding_span):
+        self.sequence = list(prompt) + list(continuation)
+        self.vocab_size, self.hidden_size, self.sliding_span = vocab_size, hidden_size, sliding_span
+        self.position, self.step = None, 0
+
+    def __call__(self, inputs, position, shared_kv):
+        if position != self.position:
+            self.position, self.step = position, 0
+        self.step += 1
+        index = min(position + self.step, len(self.sequence) - 1)
+        logits = mx.zeros((1, 1, self.vocab_size)).at[0, 0, self.sequence[index]].add(1.0)
+        return logits, mx.zeros((1, 1, self.hidden_size))
+
+
+def test_stop_token_in_the_middle_of_a_block(models):
+    """A stop token produced by an accepted draft ends generation right there, mid-block."""
+    target, drafter = models["dense"]
+    prompt = list(prompts(target).values())[2]
+    plain, _ = run(target, None, prompt, 0, tokens=120)
+    oracle = OracleDrafter(prompt, plain, target.vocab_size, target.hidden_size, drafter.sliding_span)
+    out, stats = run(target, oracle, prompt, 8, tokens=120)
+    assert out == plain and stats.accepted == stats.drafted  # blocks of 9: 8 drafts + the target's token
+    firsts = {tok: plain.index(tok) for tok in set(plain)}
+    mid_block = [(tok, p) for tok, p in firsts.items() if p % 9 != 0]
+    assert len(mid_block) >= 3
+    for tok, p in mid_block:
+        out, _ = run(target, oracle, prompt, 8, tokens=120, stop_tokens={tok})
+        assert out == plain[: p + 1]
+
+
+def test_token_limit_and_context_limit(models):
+    target, drafter = models["moe"]
+    prompt = list(prompts(target).values())[0]
+    plain, _ = run(target, None, prompt, 0, tokens=60)
+    for limit in range(1, 60, 7):
+        assert run(target, drafter, prompt, 8, tokens=limit)[0] == plain[:limit]
+    # context of len(prompt) + 25 positions: at most 26 tokens (the last needs no forward), never a verify past it
+    out, _ = run(target, drafter, prompt, 8, tokens=60, max_context=len(prompt) + 25)
+    assert out == plain[: len(out)] and len(out) == 26
+    with pytest.raises(MlxSpecError, match="context"):
+        run(target, drafter, list(range(2, 40)), 4, max_context=30)
+
+
+def test_peak_memory_is_drafter_plus_small_activations(models, tiny):
+    """Speculative decoding costs at most the drafter's weights plus O(k) activations over plain
+    decoding: no second cache of the context, no drafter prefill."""
+    target, drafter = models["dense"]
+    prompt = [2] + list(range(5, 400))  # context (400) far larger than k
+    k = 4
+    drafter_bytes = sum(v.nbytes for _, v in tree_flatten(drafter.parameters()))
+    mx.synchronize()
+    mx.reset_peak_memory()
+    run(target, None, prompt, 0, tokens=64)
+    plain_peak = mx.get_peak_memory()
+    mx.reset_peak_memory()
+    run(target, drafter, prompt, k, tokens=64)
+    spec_peak = mx.get_peak_memory()
+    per_token = 4 * (target.vocab_size + target.hidden_size) * 8  # logits + hidden, with generous temporaries
+    bound = drafter_bytes + (k + 1) * per_token
+    assert plain_peak > 0
+    assert spec_peak - plain_peak <= bound, (spec_peak, plain_peak, bound)
+
+
+def test_cli_generate_json_on_transformers_saved_config(tiny, tmp_path):
+    """The machine-readable command on a checkpoint whose config transformers' save_pretrained wrote."""
+    target = shutil.copytree(tiny / "dense" / "target", tmp_path / "target")
+    (target / "config.json").write_text((FIXTURES / "hf_saved" / "dense-target.json").read_text())
+    drafter = tiny / "dense" / "drafter-trained"
+    base = [sys.executable, "-m", "mlx_spec.cli", "generate", "--model", str(target), "--drafter", str(drafter),
+            "--prompt-ids", "2,17,9", "--max-tokens", "40", "--temp", "0", "--ignore-eos", "--json"]
+    outs = {}
+    for k in (0, 4):
+        res = subprocess.run(base + ["--draft-tokens", str(k)], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stderr
+        outs[k] = json.loads(res.stdout)
+        assert {"target_forwards", "drafted", "accepted"} <= set(outs[k]["stats"])
+        assert len(outs[k]["tokens"]) == 40 and isinstance(outs[k]["text"], str)
+    assert outs[4]["tokens"] == outs[0]["tokens"]
+    assert outs[0]["stats"]["target_forwards"] == 40 and outs[0]["stats"]["drafted"] == 0
+    assert outs[4]["stats"]["target_forwards"] < 40
