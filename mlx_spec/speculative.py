@@ -22,21 +22,11 @@ from .cache import trim_all
 from .draft import greedy, propose, target_position
 from .errors import MlxSpecError
 from .models.gemma4_assistant import Model as AssistantModel
+from .sampling import greedy_accept
 from .target import Target
 
 # accept(drafts [k], draft_logits [k, V] or None, target_logits [k+1, V]) -> (n accepted, next token)
 AcceptFn = Callable[[mx.array, Optional[mx.array], mx.array], tuple[int, int]]
-
-
-def greedy_accept(drafts: mx.array, draft_logits: Optional[mx.array], target_logits: mx.array) -> tuple[int, int]:
-    """Temperature 0: accept drafts while they equal the target's argmax; then the target's argmax."""
-    choices = mx.argmax(target_logits, axis=-1).tolist()
-    n = 0
-    for d in drafts.tolist():
-        if d != choices[n]:
-            break
-        n += 1
-    return n, choices[n]
 
 
 @dataclass
@@ -106,7 +96,7 @@ def speculative_generate_step(
     stats: Optional[SpecStats] = None,
 ) -> Generator[int, None, None]:
     """Yield up to `max_tokens` target tokens; stops after a stop token (which is yielded)."""
-    prompt = list(prompt)
+    prompt = [int(t) for t in prompt]
     stats = stats if stats is not None else SpecStats()
     stop = set(stop_tokens)
     max_context = max_context or target.max_context

@@ -19,6 +19,11 @@ committed fixtures). Writes, for every tiny variant made by make_tiny_checkpoint
       step, the sha256 of the checkpoint files they were computed from, library versions.
   tests/fixtures/hf_saved/<variant>-{target,drafter}.json
       config.json as transformers' own save_pretrained writes it (the `per_layer_config` form).
+  tests/fixtures/hf_saved/dense/{target,drafter}
+      the dense target (with tokenizer) and its distilled drafter, written whole by save_pretrained.
+  golden.json "assisted": transformers' assisted (MTP) greedy runs with the distilled drafters
+      (drafter-trained, see train_tiny_drafters.py), k = 2 and 4, both with its shared KV as is
+      ("reference") and restricted to the accepted tokens' KV ("fixed", our semantics; see AcceptedKV).
 
     python scripts/make_golden.py --checkpoints /tmp/tiny [--out tests/fixtures]
 """
@@ -29,6 +34,7 @@ import argparse
 import copy
 import hashlib
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -45,6 +51,7 @@ from make_tiny_checkpoints import VARIANTS  # noqa: E402
 GREEDY_TOKENS = 60
 ASSISTED_TOKENS = 60
 ASSISTED_K = (2, 4)
+SAVED_WHOLE = "dense"  # written whole by save_pretrained into tests/fixtures/hf_saved/dense/
 DRAFT_STEPS = 3
 
 
@@ -219,6 +226,15 @@ def variant_golden(root: Path, variant: str, out_dir: Path) -> dict:
         drafter.save_pretrained(Path(tmp) / "d")
         (out_dir / "hf_saved" / f"{variant}-target.json").write_text((Path(tmp) / "t" / "config.json").read_text())
         (out_dir / "hf_saved" / f"{variant}-drafter.json").write_text((Path(tmp) / "d" / "config.json").read_text())
+    if variant == SAVED_WHOLE:
+        # One pair exactly as transformers writes it (weights and all), tokenizer through its own class.
+        from transformers import AutoTokenizer
+
+        whole = out_dir / "hf_saved" / variant
+        shutil.rmtree(whole, ignore_errors=True)
+        target.save_pretrained(whole / "target")
+        AutoTokenizer.from_pretrained(target_dir).save_pretrained(whole / "target")
+        assistant.save_pretrained(whole / "drafter")
     return meta
 
 

@@ -6,7 +6,7 @@ A random drafter is almost never accepted. This distils each tiny drafter from i
 objective it is used for: k = 4 steps from the fixed position p of the last seen token, reading the
 target's KV of positions < p (sliding layers: the newest window + 1), step 1 from the target's hidden
 at p - 1, step i > 1 from its own projected hidden; the loss is the cross-entropy against the
-target's next-token distribution at p + i - 1 (teacher forcing). The centroid-masked drafter (e2b)
+target's greedy next token at p + i - 1 (teacher forcing). The centroid-masked drafter (e2b)
 also learns its centroid scores (cluster of the target's argmax).
 
     python scripts/train_tiny_drafters.py --checkpoints OUT_DIR [--out tests/fixtures/drafters]
@@ -35,8 +35,8 @@ from mlx_spec.target import Target
 
 K = 4
 SEQ_LEN = 64
-NUM_SEQS = 96
-STEPS = 600
+NUM_SEQS = 384
+STEPS = 1000
 BATCH = 128
 
 
@@ -96,7 +96,9 @@ def train(variant_dir: Path, seed: int) -> tuple[nn.Module, dict]:
             h = model.features(inputs, pos, kv_rows, masks)
             logits = model.model.embed_tokens.as_linear(h)[:, 0]
             probs = t_probs[rows, pos + i]
-            loss = loss + (-(probs * nn.log_softmax(logits, axis=-1)).sum(-1)).mean()
+            # Greedy acceptance is what the tests need: learn the target's argmax (the soft
+            # distribution of a random tiny target is nearly flat and teaches little).
+            loss = loss + nn.losses.cross_entropy(logits, mx.argmax(probs, axis=-1)).mean()
             if masked:
                 label = cluster_of[mx.argmax(probs, axis=-1)]
                 loss = loss + nn.losses.cross_entropy(model.masked_embedding.centroids(h)[:, 0], label).mean()
