@@ -77,31 +77,51 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
+def _parse_draft_tokens(text: str):
+    if text == "auto":
+        return "auto"
+    try:
+        k = int(text)
+    except ValueError:
+        k = -1
+    if not 0 <= k <= 32:
+        raise MlxSpecError(f"--draft-tokens takes auto or a number from 0 to 32 (got {text!r}).")
+    return k
+
+
 @app.command()
 def generate(
     model: str = typer.Option(..., "--model", "-m", help="Target: local folder or hub id."),
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (gemma4_assistant): folder or hub id."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text prompt (encoded with the target's tokenizer)."),
     prompt_ids: Optional[str] = typer.Option(None, "--prompt-ids", help="Comma-separated token ids instead of text."),
-    max_tokens: int = typer.Option(256, "--max-tokens", min=1, help="Most tokens to generate."),
-    temp: float = typer.Option(0.0, "--temp", min=0.0, help="Sampling temperature (0: greedy)."),
-    draft_tokens: int = typer.Option(4, "--draft-tokens", min=0, max=32, help="Drafts per step (0: plain decoding, same code path)."),
+    max_tokens: int = typer.Option(256, "--max-tokens", help="Most tokens to generate."),
+    temp: float = typer.Option(0.0, "--temp", help="Sampling temperature (0: greedy)."),
+    top_p: float = typer.Option(0.0, "--top-p", help="Nucleus sampling threshold (0 or 1: off)."),
+    top_k: int = typer.Option(0, "--top-k", help="Sample from the k most likely tokens (0: off)."),
+    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min-p times the top probability (0: off)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same output."),
+    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="Drafts per step: auto (adaptive, may choose none) or N (0: plain decoding)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at end-of-sequence tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: tokens, text, stats."),
 ) -> None:
-    """Generate with speculative decoding; the output is exactly the target's greedy output."""
+    """Generate with speculative decoding; the output is exactly what the target alone would give."""
     from . import load
     from .generate import stream_generate
+    from .sampling import SamplingSettings
 
     if (prompt is None) == (prompt_ids is None):
         raise MlxSpecError("give exactly one of --prompt TEXT or --prompt-ids 2,17,9.")
-    if temp != 0.0:
-        raise MlxSpecError("only --temp 0 (greedy) is supported so far; sampling with rejection sampling is not built yet.")
+    if max_tokens < 1:
+        raise MlxSpecError(f"--max-tokens must be at least 1 (got {max_tokens}).")
+    k = _parse_draft_tokens(draft_tokens)
+    SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)  # validate before loading
     ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
     pair, tokenizer = load(model, drafter)
     tokens, text, response = [], "", None
     for response in stream_generate(pair, tokenizer, ids if ids is not None else prompt, max_tokens=max_tokens,
-                                    draft_tokens=draft_tokens, ignore_eos=ignore_eos):
+                                    draft_tokens=k, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+                                    ignore_eos=ignore_eos):
         tokens.append(response.token)
         text += response.text
         if not as_json:

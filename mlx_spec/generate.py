@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import dataclass, field
 from typing import Generator, Optional, Sequence, Union
@@ -9,6 +10,8 @@ from typing import Generator, Optional, Sequence, Union
 import mlx.core as mx
 
 from .loading import SpeculativeModel
+from .policy import make_policy, measure_costs, static_costs
+from .sampling import SamplingSettings, make_strategy
 from .speculative import SpecStats, speculative_generate_step
 from .target import Target
 
@@ -42,14 +45,37 @@ def stream_generate(
     tokenizer,
     prompt: Union[str, Sequence[int], mx.array],
     max_tokens: int = 256,
-    draft_tokens: int = 4,
+    draft_tokens: Union[int, str] = "auto",
+    max_draft_tokens: int = 8,
+    temp: float = 0.0,
+    top_p: float = 0.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    seed: Optional[int] = None,
     ignore_eos: bool = False,
     max_context: Optional[int] = None,
 ) -> Generator[GenerationResponse, None, None]:
-    """Greedy speculative decoding; every yielded token is the target's own greedy choice."""
+    """Speculative decoding that yields exactly what the target alone would: its greedy tokens at
+    temp 0, samples from its (filtered, tempered) distribution otherwise (rejection sampling).
+
+    draft_tokens: "auto" (adaptive, up to max_draft_tokens; may choose plain decoding) or a fixed k
+    (0: plain decoding through the same loop).
+    """
     ids = _prompt_ids(tokenizer, prompt)
     target = Target(model.target.module, model.target.text_config)
     drafter = model.drafter.module if model.drafter is not None else None
+    strategy = make_strategy(SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p), seed)
+    costs = None
+    if draft_tokens == "auto" and drafter is not None:
+        if seed is not None:
+            # Measured timings vary run to run and would change k, hence the random draws: a seeded
+            # run prices steps by weight bytes instead, so the same seed gives the same tokens.
+            costs = static_costs(target, drafter, max_draft_tokens)
+        else:
+            if model.costs is None:
+                model.costs = measure_costs(target, drafter, max_draft_tokens)  # once per loaded pair
+            costs = copy.deepcopy(model.costs)
+    policy = make_policy(draft_tokens, target, drafter, max_draft_tokens, costs=costs)
     stop = set() if ignore_eos else set(tokenizer.eos_token_ids)
     stats = SpecStats()
     detokenizer = tokenizer.detokenizer
@@ -59,7 +85,7 @@ def stream_generate(
     n = 0
     accepted_seen = 0
     steps = speculative_generate_step(
-        ids, target, drafter, draft_tokens=draft_tokens, max_tokens=max_tokens,
+        ids, target, drafter, policy=policy, max_tokens=max_tokens, strategy=strategy,
         stop_tokens=stop, max_context=max_context, stats=stats,
     )
     for token in steps:

@@ -220,6 +220,7 @@ class SpeculativeModel:
 
     target: LoadedModel
     drafter: Optional[LoadedModel]
+    costs: Any = None  # policy.MeasuredCosts, measured on first adaptive use
 
 
 def default_drafter(model: str) -> Optional[str]:

@@ -14,7 +14,7 @@ Acceptance rules, both returning (n accepted drafts, the next token):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import mlx.core as mx
 import numpy as np
@@ -113,3 +113,29 @@ class RejectionSampler:
                 residual = p[i]
             return i, self._draw(residual)
         return len(tokens), self._draw(p[len(tokens)])
+
+
+@dataclass
+class Strategy:
+    """How the loop turns logits into tokens: the first token, the drafts, and acceptance."""
+
+    first: Callable[[mx.array], int]  # target logits [1, V] after prefill -> token
+    draft: Callable[[mx.array], mx.array]  # drafter logits [1, V] -> token ids [1]
+    accept: Callable[[mx.array, Optional[mx.array], mx.array], tuple[int, int]]
+
+
+GREEDY = Strategy(
+    first=lambda logits: int(mx.argmax(logits, axis=-1).reshape(-1)[0].item()),
+    draft=lambda logits: mx.argmax(logits, axis=-1),
+    accept=greedy_accept,
+)
+
+
+def make_strategy(settings: SamplingSettings, seed: Optional[int] = None) -> Strategy:
+    """Greedy at temperature 0, else drafts sampled from q and speculative rejection sampling."""
+    if settings.greedy:
+        return GREEDY
+    if seed is not None:
+        mx.random.seed(seed)
+    rejection = RejectionSampler(settings, seed)
+    return Strategy(first=rejection.first_token, draft=rejection.distribution.sample, accept=rejection)

@@ -14,20 +14,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Generator, Iterable, Optional
+from typing import Generator, Iterable, Optional
 
 import mlx.core as mx
 
 from .cache import trim_all
-from .draft import greedy, propose, target_position
+from .draft import propose, target_position
 from .errors import MlxSpecError
 from .models.gemma4_assistant import Model as AssistantModel
-from .sampling import greedy_accept
+from .policy import FixedPolicy
+from .sampling import GREEDY, Strategy
 from .target import Target
-
-# accept(drafts [k], draft_logits [k, V] or None, target_logits [k+1, V]) -> (n accepted, next token)
-AcceptFn = Callable[[mx.array, Optional[mx.array], mx.array], tuple[int, int]]
-
 
 @dataclass
 class SpecStats:
@@ -86,21 +83,27 @@ def speculative_generate_step(
     drafter: Optional[AssistantModel],
     *,
     draft_tokens: int = 4,
+    policy=None,
     max_tokens: int = 256,
     stop_tokens: Iterable[int] = (),
-    accept: AcceptFn = greedy_accept,
-    draft_sampler=greedy,
-    first_token: Callable[[mx.array], int] = lambda logits: int(mx.argmax(logits, axis=-1).item()),
+    strategy: Strategy = GREEDY,
     prefill_step_size: int = 512,
     max_context: Optional[int] = None,
     stats: Optional[SpecStats] = None,
 ) -> Generator[int, None, None]:
-    """Yield up to `max_tokens` target tokens; stops after a stop token (which is yielded)."""
+    """Yield up to `max_tokens` target tokens; stops after a stop token (which is yielded).
+
+    The draft length comes from `policy` (policy.FixedPolicy / AdaptivePolicy), or is `draft_tokens`.
+    """
     prompt = [int(t) for t in prompt]
     stats = stats if stats is not None else SpecStats()
     stop = set(stop_tokens)
     max_context = max_context or target.max_context
-    k_max = draft_tokens if drafter is not None else 0
+    if drafter is None:
+        policy = FixedPolicy(0)
+    elif policy is None:
+        policy = FixedPolicy(draft_tokens)
+    k_max = policy.k_max
     if not prompt:
         raise MlxSpecError("the prompt is empty: give at least one token.")
     if len(prompt) >= max_context:
@@ -119,7 +122,7 @@ def speculative_generate_step(
         stats.target_forwards += 1
         ids = ids[:, prefill_step_size:]
     logits, hidden = target.forward(ids, cache, last_only=True)
-    token = first_token(logits[0, -1:])
+    token = strategy.first(logits[0, -1:])
     stats.target_forwards += 1
     stats.prefill_time = _clock() - t0
 
@@ -133,11 +136,11 @@ def speculative_generate_step(
         room = max_context - position - 1  # verify writes positions position .. position + k
         if room < 0:
             return
-        k = max(0, min(k_max, max_tokens - generated - 1, room))
+        k = max(0, min(policy.choose(), max_tokens - generated - 1, room))
 
         t0 = _clock()
         if k:
-            drafts, draft_logits = propose(drafter, target, cache, mx.array([token]), hidden, k, draft_sampler)
+            drafts, draft_logits = propose(drafter, target, cache, mx.array([token]), hidden, k, strategy.draft)
             mx.eval(drafts, draft_logits)
         else:
             drafts, draft_logits = mx.array([], dtype=mx.int32), None
@@ -146,7 +149,7 @@ def speculative_generate_step(
         logits, hidden_all = target.forward(verify_in, cache)
         mx.eval(logits, hidden_all)
         stats.target_forwards += 1
-        n, next_token = accept(drafts, draft_logits, logits[0])
+        n, next_token = strategy.accept(drafts, draft_logits, logits[0])
         t2 = _clock()
         trim_all(cache, k - n)
         hidden = hidden_all[:, n : n + 1]
@@ -156,6 +159,7 @@ def speculative_generate_step(
         stats.rollback_time += t3 - t2
         drafted = drafts.tolist()
         stats.record_step(drafted, n)
+        policy.update(k, n, t1 - t0, t2 - t1)
 
         for d in drafted[:n]:
             stats.generated = generated = generated + 1
