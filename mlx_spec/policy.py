@@ -9,8 +9,8 @@ weighted; a position not yet observed is assumed as good as the one before it), 
 follow the measured times (`static_costs` instead gives a timing-free, reproducible model). While parked at k = 0 it still probes with k = 1 every `probe_every`
 steps, so it notices when drafts become good again.
 
-The cost of verifying n tokens is a `CostModel`; the MoE-aware one (experts loaded by n tokens)
-plugs in here.
+The cost of verifying n tokens is a `CostModel`: `MeasuredCosts` (a table) for dense targets,
+`MoECosts` (dense bytes + the union of experts n tokens load + a compute term) for MoE targets.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
 import mlx.core as mx
+import numpy as np
+
+from .moe import ExpertTracker, MoEProfile, expected_unique_experts
 
 
 class CostModel(Protocol):
@@ -54,6 +57,62 @@ class MeasuredCosts:
             self.draft_seconds += s * (draft_seconds / k - self.draft_seconds)
         if k + 1 <= len(self.verify_seconds):
             self.verify_seconds[k] += s * (verify_seconds - self.verify_seconds[k])
+
+
+@dataclass
+class MoECosts:
+    """Verify cost of an MoE target from the experts n tokens load (the union over tokens):
+
+        t_verify(n) = seconds_per_byte * (dense bytes + sum over MoE layers of U(n) * expert bytes)
+                      + compute_per_token * (n - 1)
+
+    U(n), unique experts per layer, is what the tracker has observed for n-token forwards (real text
+    shares experts between neighbours) and the independent-routing value until then. The byte term
+    is calibrated so a 1-token step costs what was measured; the compute term is what the measured
+    table shows beyond the bytes (near zero on a bandwidth-bound GPU, large on a CPU). With
+    seconds_per_byte = 1 and no compute term it is the static (projection) model.
+    """
+
+    draft_seconds: float
+    seconds_per_byte: float
+    compute_per_token: float
+    profile: "MoEProfile"
+    tracker: Optional["ExpertTracker"] = None
+    smoothing: float = 0.1
+
+    def unique_per_layer(self, n_tokens: int) -> float:
+        observed = self.tracker.mean_unique_per_layer(n_tokens) if self.tracker is not None else None
+        return observed if observed is not None else expected_unique_experts(n_tokens, self.profile.num_experts, self.profile.top_k)
+
+    def verify_bytes(self, n_tokens: int) -> float:
+        return self.profile.verify_bytes(n_tokens, self.unique_per_layer(n_tokens))
+
+    def draft_step(self) -> float:
+        return self.draft_seconds
+
+    def verify(self, n_tokens: int) -> float:
+        return self.seconds_per_byte * self.verify_bytes(n_tokens) + self.compute_per_token * (n_tokens - 1)
+
+    def observe(self, k: int, draft_seconds: float, verify_seconds: float) -> None:
+        s = self.smoothing
+        if k > 0:
+            self.draft_seconds += s * (draft_seconds / k - self.draft_seconds)
+            extra = (verify_seconds - self.seconds_per_byte * self.verify_bytes(k + 1)) / k
+            self.compute_per_token += s * (max(0.0, extra) - self.compute_per_token)
+        else:
+            self.seconds_per_byte += s * (verify_seconds / self.verify_bytes(1) - self.seconds_per_byte)
+
+    @classmethod
+    def calibrate(cls, measured: "MeasuredCosts", profile, tracker=None) -> "MoECosts":
+        """Split a measured table into the byte term (from the 1-token step) and a compute term."""
+        model = cls(measured.draft_seconds, 0.0, 0.0, profile, tracker)
+        model.seconds_per_byte = measured.verify(1) / model.verify_bytes(1)
+        extras = [
+            max(0.0, measured.verify(n) - model.seconds_per_byte * model.verify_bytes(n)) / (n - 1)
+            for n in range(2, len(measured.verify_seconds) + 1)
+        ]
+        model.compute_per_token = sum(extras) / len(extras) if extras else 0.0
+        return model
 
 
 def expected_tokens(acceptance: list[float], k: int) -> float:
@@ -156,9 +215,12 @@ def measure_costs(target, drafter, k_max: int, repeats: int = 3, context: int = 
             best = min(best, time.perf_counter() - t0)
         return best
 
-    def verify(n):
+    rng = np.random.RandomState(0)
+    tokens = [mx.array(rng.randint(5, target.vocab_size, size=(1, n)).astype(np.int32)) for n in range(1, k_max + 2)]
+
+    def verify(n):  # varied tokens, so an MoE routes them to different experts as real text does
         def run():
-            out = target.forward(mx.full((1, n), 5, dtype=mx.int32), cache)
+            out = target.forward(tokens[n - 1], cache)
             mx.eval(out)
             for c in cache:
                 c.trim(n)
@@ -173,7 +235,11 @@ def measure_costs(target, drafter, k_max: int, repeats: int = 3, context: int = 
             mx.eval(propose(drafter, target, cache, token, hidden, 1))
 
         draft_seconds = timed(draft)
-    return MeasuredCosts(draft_seconds, verify_seconds)
+    measured = MeasuredCosts(draft_seconds, verify_seconds)
+    if getattr(target, "moe", None) is not None:
+        target.moe.reset()  # warm-up forwards are not part of any generation's counts
+        return MoECosts.calibrate(measured, target.moe.profile, target.moe)
+    return measured
 
 
 def parameter_bytes(module) -> int:
@@ -186,8 +252,10 @@ def static_costs(target, drafter, k_max: int) -> MeasuredCosts:
     """A bandwidth-bound cost model from weight bytes (no timing, so decisions are reproducible):
     every step reads the whole drafter, every verify the whole target whatever its token count.
     Units are bytes; only ratios matter. (MoE targets refine verify(n) with the expert union.)"""
-    target_bytes = parameter_bytes(target.module)
-    return MeasuredCosts(float(parameter_bytes(drafter)), [float(target_bytes)] * (k_max + 1), smoothing=0.0)
+    draft_bytes = float(parameter_bytes(drafter))
+    if getattr(target, "moe", None) is not None:
+        return MoECosts(draft_bytes, 1.0, 0.0, target.moe.profile, tracker=None, smoothing=0.0)
+    return MeasuredCosts(draft_bytes, [float(parameter_bytes(target.module))] * (k_max + 1), smoothing=0.0)
 
 
 def make_policy(draft_tokens, target, drafter, k_max: int = 8, costs: Optional[CostModel] = None):

@@ -41,6 +41,9 @@ class SpecStats:
     accepted_per_position: list[int] = field(default_factory=list)
     accepted_per_step: list[int] = field(default_factory=list)
     drafts_per_step: list[list[int]] = field(default_factory=list)
+    expert_loads: int = 0  # MoE: sum over target forwards and MoE layers of unique experts selected
+    expert_bytes: float = 0.0  # MoE: bytes of expert weights those loads touch
+    prefill_expert_loads: int = 0
     prefill_time: float = 0.0
     draft_time: float = 0.0
     verify_time: float = 0.0
@@ -61,6 +64,9 @@ class SpecStats:
             if i < n:
                 self.accepted_per_position[i] += 1
 
+    def record_experts(self, tracker) -> None:
+        self.expert_loads, self.expert_bytes = tracker.loads, tracker.bytes
+
     @property
     def acceptance_per_position(self) -> list[float]:
         return [a / d if d else 0.0 for a, d in zip(self.accepted_per_position, self.drafted_per_position)]
@@ -70,6 +76,8 @@ class SpecStats:
         out["acceptance_per_position"] = self.acceptance_per_position
         out["target_forwards_per_token"] = self.target_forwards / self.generated if self.generated else 0.0
         out["mean_accepted_per_step"] = self.accepted / self.steps if self.steps else 0.0
+        decode_tokens = max(1, self.generated - 1)  # tokens after the one the prefill produced
+        out["decode_expert_loads_per_token"] = (self.expert_loads - self.prefill_expert_loads) / decode_tokens
         return out
 
 
@@ -116,15 +124,20 @@ def speculative_generate_step(
     # prefill
     t0 = _clock()
     ids = mx.array(prompt)[None]
+    if target.moe is not None:
+        target.moe.reset()
     while ids.shape[1] > prefill_step_size:
-        target.lm.model(ids[:, :prefill_step_size], cache=cache)
-        mx.eval([c.keys for c in cache])
+        _, chunk = target.forward(ids[:, :prefill_step_size], cache, logits=False)
+        mx.eval(chunk)
         stats.target_forwards += 1
         ids = ids[:, prefill_step_size:]
     logits, hidden = target.forward(ids, cache, last_only=True)
     token = strategy.first(logits[0, -1:])
     stats.target_forwards += 1
     stats.prefill_time = _clock() - t0
+    if target.moe is not None:
+        stats.record_experts(target.moe)
+        stats.prefill_expert_loads = target.moe.loads
 
     generated = 0
     while True:
@@ -159,6 +172,8 @@ def speculative_generate_step(
         stats.rollback_time += t3 - t2
         drafted = drafts.tolist()
         stats.record_step(drafted, n)
+        if target.moe is not None:
+            stats.record_experts(target.moe)
         policy.update(k, n, t1 - t0, t2 - t1)
 
         for d in drafted[:n]:

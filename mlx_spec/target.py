@@ -17,10 +17,11 @@ from mlx_lm.models.gemma4_text import logit_softcap
 
 from .cache import SlidingKVCache, full_kv
 from .model_config import FULL, SLIDING, kv_producer_layers
+from .moe import ExpertTracker
 
 
 class Target:
-    def __init__(self, module: nn.Module, text_config: dict):
+    def __init__(self, module: nn.Module, text_config: dict, track_experts: bool = True):
         self.module = module
         self.lm = getattr(module, "language_model", module)  # gemma4 wraps gemma4_text
         self.text_config = text_config
@@ -32,6 +33,8 @@ class Target:
         self.vocab_size = args.vocab_size
         self.hidden_size = args.hidden_size
         self.max_context = int(text_config.get("max_position_embeddings") or 131072)
+        # MoE targets: count the experts every forward loads (and group verify tokens by expert).
+        self.moe = ExpertTracker.attach(self) if track_experts else None
 
     def make_cache(self, max_rollback: int = 16) -> list:
         return [
@@ -52,12 +55,15 @@ class Target:
             out = logit_softcap(self.lm.final_logit_softcapping, out)
         return out
 
-    def forward(self, tokens: mx.array, cache: list, last_only: bool = False) -> tuple[mx.array, mx.array]:
-        """tokens [B, L] -> (logits [B, L or 1, V], hidden [B, L or 1, H]); updates the cache."""
+    def forward(self, tokens: mx.array, cache: list, last_only: bool = False, logits: bool = True):
+        """tokens [B, L] -> (logits [B, L or 1, V], hidden [B, L or 1, H]); updates the cache.
+        With logits=False (prefill chunks) returns (None, hidden)."""
         hidden = self.lm.model(tokens, cache=cache)
+        if self.moe is not None:
+            self.moe.end_forward(tokens.shape[-1])
         if last_only:
             hidden = hidden[:, -1:]
-        return self.logits(hidden), hidden
+        return (self.logits(hidden) if logits else None), hidden
 
     def shared_kv(self, cache: list, sliding_span: int) -> dict[str, tuple[mx.array, mx.array]]:
         """The producer layers' KV the drafter reads: all full keys, the newest `sliding_span` sliding keys."""

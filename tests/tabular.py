@@ -38,6 +38,7 @@ class TabularTarget:
         self.table = (rng.standard_normal((vocab, vocab, vocab)) * scale).astype(np.float32)
         self.max_context = 1 << 20
         self.sliding_window = 4
+        self.moe = None
 
     def logits_after(self, context: list[int]) -> np.ndarray:
         a, b = (context[-2] if len(context) > 1 else 0), context[-1]
@@ -49,7 +50,7 @@ class TabularTarget:
     def embed(self, tokens: mx.array) -> mx.array:
         return mx.eye(self.vocab_size)[tokens]
 
-    def forward(self, tokens: mx.array, cache, last_only: bool = False):
+    def forward(self, tokens: mx.array, cache, last_only: bool = False, logits: bool = True):
         history = cache[0].tokens
         logits, hidden = [], []
         for t in tokens.reshape(-1).tolist():

@@ -1,0 +1,115 @@
+#!/usr/bin/env python3
+"""PROJECTION (not a measurement): Gemma 4 26B-A4B and 31B speculative decoding on Apple chips.
+
+    python bench/projections.py [--out bench]
+
+Writes bench/PROJECTIONS.md and bench/projections.json from the bundled released configs with the
+bandwidth-bound model of mlx_spec/projection.py: plain decode ceiling per chip, speculative tokens/s
+at per-position acceptance 0.6-0.9 for k = 1..8, with the expert union of an MoE verify and (for
+contrast) without it, and the k the policy picks (k = 0: plain decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from mlx_spec import configs
+from mlx_spec.projection import (
+    BYTES_PER_PARAM,
+    CHIPS_GBPS,
+    best_k,
+    drafter_params,
+    profile,
+    speedup,
+    verify_bytes,
+)
+
+MODELS = ("gemma-4-26B-A4B-it", "gemma-4-31B-it")
+DTYPES = ("4bit", "bf16")
+ALPHAS = (0.6, 0.7, 0.8, 0.9)
+KS = range(1, 9)
+
+
+def build() -> dict:
+    out = {"label": "PROJECTION: bandwidth-bound ceilings from released configs, not measurements",
+           "chips_GBps": CHIPS_GBPS, "drafter_dtype": "bf16 (as released)", "models": {}}
+    for name in MODELS:
+        target_cfg = configs.released_config(name)
+        draft_bytes = drafter_params(configs.released_config(name + "-assistant")) * BYTES_PER_PARAM["bf16"]
+        for dtype in DTYPES:
+            prof = profile(target_cfg, dtype)
+            gb = verify_bytes(prof, 1, True) / 1e9
+            entry = {"GB_per_token": gb, "drafter_GB_per_step": draft_bytes / 1e9,
+                     "plain_tokens_per_s": {chip: bw / gb for chip, bw in CHIPS_GBPS.items()}, "alphas": {}}
+            for alpha in ALPHAS:
+                row = {}
+                for union in (True, False):
+                    key = "expert_union" if union else "no_expert_union"
+                    k_star = best_k(prof, draft_bytes, alpha, expert_union=union)
+                    row[key] = {
+                        "speedup_by_k": {k: speedup(prof, draft_bytes, alpha, k, union) for k in KS},
+                        "policy_k": k_star,
+                        "policy_tokens_per_s": {chip: speedup(prof, draft_bytes, alpha, k_star, union) * bw / gb
+                                                for chip, bw in CHIPS_GBPS.items()},
+                    }
+                entry["alphas"][alpha] = row
+            out["models"][f"{name} {dtype}"] = entry
+    return out
+
+
+def markdown(data: dict) -> str:
+    chips = list(CHIPS_GBPS)
+    lines = [
+        "# PROJECTION: Gemma 4 26B-A4B and 31B speculative decoding on Apple Silicon",
+        "",
+        "**Not measured.** Computed by `python bench/projections.py` from the released configs bundled in",
+        "`mlx_spec/configs/`, with a bandwidth-bound model (`mlx_spec/projection.py`): every weight byte a",
+        "step touches is read once; KV traffic, activations and kernel overheads are ignored, so these are",
+        "ceilings. Target 4-bit = MLX affine group 64 (4.5 bits/weight), drafter bf16 as released (its dense",
+        f"262144-wide tied head included). Bandwidth (GB/s): {', '.join(f'{c} {b}' for c, b in CHIPS_GBPS.items())}.",
+        "Acceptance alpha is per draft position (i.i.d.). The MoE verify of n tokens reads the union of their",
+        "experts, 128 * (1 - (1 - 8/128)^n) per layer under independent routing; 'no union' prices every",
+        "verify like a 1-token step (what a dense model gets). Policy k maximises tokens/s (0: plain decoding).",
+        "",
+        "## Plain decode ceiling",
+        "",
+        "| target | GB/token | " + " | ".join(f"{c} tok/s" for c in chips) + " |",
+        "|---|---|" + "---|" * len(chips),
+    ]
+    for model, e in data["models"].items():
+        lines.append(f"| {model} | {e['GB_per_token']:.2f} | " + " | ".join(f"{e['plain_tokens_per_s'][c]:.1f}" for c in chips) + " |")
+    for model, e in data["models"].items():
+        lines += ["", f"## {model}: speedup over plain by draft length k (drafter {e['drafter_GB_per_step']:.2f} GB/step)", "",
+                  "| alpha | verify | " + " | ".join(f"k={k}" for k in KS) + " | policy k | " + " | ".join(f"{c} tok/s" for c in chips) + " |",
+                  "|---|---|" + "---|" * (len(KS) + 1 + len(chips))]
+        for alpha, row in e["alphas"].items():
+            moe = "26B" in model
+            for key, label in (("expert_union", "expert union" if moe else "dense"), ("no_expert_union", "no union")):
+                if key == "no_expert_union" and not moe:
+                    continue  # dense: identical
+                r = row[key]
+                lines.append(f"| {alpha} | {label} | " + " | ".join(f"{r['speedup_by_k'][k]:.2f}" for k in KS)
+                             + f" | {r['policy_k']} | " + " | ".join(f"{r['policy_tokens_per_s'][c]:.1f}" for c in chips) + " |")
+    lines += ["", "Reading it: the dense 31B gains 1.7-3.4x and wants long drafts; the 26B-A4B at 4-bit with the",
+              "bf16 drafter gains at most ~1.1x because each drafter step costs ~40% of a target step and every",
+              "extra verified token loads more experts, so the policy picks k = 1-2 or plain decoding. Without the",
+              "expert union the same MoE would look far better: the union is what a per-token cost model misses.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
+    args = parser.parse_args(argv)
+    data = build()
+    (args.out / "projections.json").write_text(json.dumps(data, indent=1) + "\n")
+    (args.out / "PROJECTIONS.md").write_text(markdown(data))
+    print(f"wrote {args.out / 'PROJECTIONS.md'} and projections.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
