@@ -61,7 +61,10 @@ def first_difference(a, b):
 def test_speculative_equals_plain_greedy(models, variant):
     target, drafter = models[variant]
     accepted_any = rejected_any = False
-    for name, prompt in prompts(target).items():
+    chosen = prompts(target)
+    if variant in QUANTIZED:  # same code path as their float sources: two seeds suffice
+        chosen = dict(list(chosen.items())[:2])
+    for name, prompt in chosen.items():
         plain, plain_stats = run(target, drafter, prompt, 0)
         assert len(plain) == TOKENS and plain_stats.target_forwards == TOKENS  # plain: one forward per token
         for k in range(1, 9):
@@ -184,12 +187,12 @@ def test_peak_memory_is_drafter_plus_small_activations(models):
     bound. Measured against the same loop with a drafter that reads nothing, so the target's own
     (k+1)-token verify (whose attention scores grow with k x context on the CPU) is on both sides."""
     target, drafter = models["dense"]
-    prompt = [2] + list(np.random.RandomState(3).randint(5, target.vocab_size, size=3499))
+    prompt = [2] + list(np.random.RandomState(3).randint(5, target.vocab_size, size=2499))
     drafter_bytes = sum(v.nbytes for _, v in tree_flatten(drafter.parameters()))
     per_draft = 16 * 4 * (target.vocab_size + target.hidden_size)  # logits + hidden in float32, with temporaries
     full_kv_bytes = 2 * 4 * len(prompt) * target.text_config["global_head_dim"] * target.text_config["num_global_key_value_heads"]
     constant = ConstantDrafter(target.vocab_size, target.hidden_size, drafter.sliding_span)
-    for k in (1, 4, 8):
+    for k in (1, 8):
         bound = drafter_bytes + k * per_draft
         assert full_kv_bytes > bound  # so the test can fail
         baseline = decode_peak(target, constant, prompt, k)
