@@ -6,6 +6,7 @@ import os
 from typing import Optional
 
 from .errors import ConfigError, MlxSpecError, ModelFilesError, PairMismatchError
+from .chat import ChatSession
 from .generate import GenerationResponse, generate, stream_generate
 from .loading import SpeculativeModel, load_pair, load_tokenizer
 from .speculative import SpecStats
@@ -29,6 +30,7 @@ __all__ = [
     "generate",
     "stream_generate",
     "GenerationResponse",
+    "ChatSession",
     "SpecStats",
     "SpeculativeModel",
     "MlxSpecError",

@@ -10,6 +10,8 @@ import typer
 
 from .errors import MlxSpecError
 
+DEFAULT_MODEL = "google/gemma-4-E2B-it"  # the smallest Gemma 4, with google/gemma-4-E2B-it-assistant
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lossless MTP speculative decoding for Gemma 4 on MLX.")
 
 
@@ -91,9 +93,12 @@ def _parse_draft_tokens(text: str):
 
 @app.command()
 def generate(
-    model: str = typer.Option(..., "--model", "-m", help="Target: local folder or hub id."),
-    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (gemma4_assistant): folder or hub id."),
-    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text prompt (encoded with the target's tokenizer)."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (gemma4_assistant): folder or hub id; default: the target's released assistant."),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text prompt (the chat template is applied when the model has one)."),
+    chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help="Wrap a text prompt in the model's chat template."),
+    no_draft: bool = typer.Option(False, "--no-draft", help="Plain decoding (same as --draft-tokens 0)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Print tokens/s, acceptance and target forwards per token."),
     prompt_ids: Optional[str] = typer.Option(None, "--prompt-ids", help="Comma-separated token ids instead of text."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most tokens to generate."),
     temp: float = typer.Option(0.0, "--temp", help="Sampling temperature (0: greedy)."),
@@ -114,10 +119,12 @@ def generate(
         raise MlxSpecError("give exactly one of --prompt TEXT or --prompt-ids 2,17,9.")
     if max_tokens < 1:
         raise MlxSpecError(f"--max-tokens must be at least 1 (got {max_tokens}).")
-    k = _parse_draft_tokens(draft_tokens)
+    k = 0 if no_draft else _parse_draft_tokens(draft_tokens)
     SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)  # validate before loading
     ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
     pair, tokenizer = load(model, drafter)
+    if ids is None and chat_template and getattr(tokenizer, "chat_template", None):
+        ids = list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True))
     tokens, text, response = [], "", None
     for response in stream_generate(pair, tokenizer, ids if ids is not None else prompt, max_tokens=max_tokens,
                                     draft_tokens=k, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
@@ -131,6 +138,78 @@ def generate(
         out["stats"] = response.stats.to_dict() if response else {}
         typer.echo(json.dumps(out))
     else:
+        typer.echo()
+        if verbose and response is not None:
+            typer.echo(_stats_line(response), err=True)
+
+
+def _stats_line(response) -> str:
+    s = response.stats
+    acc = " ".join(f"{a:.2f}" for a in s.acceptance_per_position) or "-"
+    line = (f"prompt {response.prompt_tokens} tok at {response.prompt_tps:.1f} tok/s; generation "
+            f"{response.generation_tokens} tok at {response.generation_tps:.1f} tok/s; accepted {s.accepted}/{s.drafted} "
+            f"(by position {acc}); target forwards/token {s.target_forwards / max(1, s.generated):.2f}")
+    if s.expert_loads:
+        line += f"; expert loads {s.expert_loads}"
+    return line + f"; peak {response.peak_memory:.2f} GB"
+
+
+@app.command()
+def chat(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id; default: the target's released assistant."),
+    max_tokens: int = typer.Option(512, "--max-tokens", help="Most tokens per reply."),
+    temp: float = typer.Option(0.0, "--temp"),
+    top_p: float = typer.Option(0.0, "--top-p"),
+    top_k: int = typer.Option(0, "--top-k"),
+    min_p: float = typer.Option(0.0, "--min-p"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N (0: plain decoding)."),
+    ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Replies always run to --max-tokens."),
+) -> None:
+    """Chat in the terminal. /reset forgets the conversation, /stats shows the last reply's numbers;
+    Ctrl-C stops a reply (the conversation goes on), Ctrl-D exits."""
+    from . import load
+    from .chat import ChatSession
+
+    if max_tokens < 1:
+        raise MlxSpecError(f"--max-tokens must be at least 1 (got {max_tokens}).")
+    k = _parse_draft_tokens(draft_tokens)
+    from .sampling import SamplingSettings
+
+    SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
+    pair, tokenizer = load(model, drafter)
+    session = ChatSession(pair, tokenizer, max_tokens=max_tokens, draft_tokens=k, temp=temp, top_p=top_p,
+                          top_k=top_k, min_p=min_p, seed=seed, ignore_eos=ignore_eos)
+    typer.echo(f"[mlx-spec chat: {pair.target.name} + {pair.drafter.name}; /reset, /stats, Ctrl-C stops a reply, Ctrl-D exits]")
+    last = None
+    while True:
+        try:
+            message = input(">> ")
+        except EOFError:
+            typer.echo()
+            return
+        except KeyboardInterrupt:
+            typer.echo()
+            continue
+        if not message.strip():
+            continue
+        if message.strip() == "/reset":
+            session.reset()
+            typer.echo("[conversation reset]")
+            continue
+        if message.strip() == "/stats":
+            typer.echo(_stats_line(last) if last is not None else "[no reply yet]")
+            typer.echo(f"[prefilled {session.last_stats.prompt_tokens if session.last_stats else 0} tokens last turn; "
+                       f"{len(session.history)} tokens in the cache]")
+            continue
+        replies = session.ask(message)
+        try:
+            for last in replies:
+                typer.echo(last.text, nl=False)
+        except KeyboardInterrupt:
+            replies.close()
+            typer.echo(" [stopped]", nl=False)
         typer.echo()
 
 

@@ -78,20 +78,28 @@ def stream_generate(
     policy = make_policy(draft_tokens, target, drafter, max_draft_tokens, costs=costs)
     stop = set() if ignore_eos else set(tokenizer.eos_token_ids)
     stats = SpecStats()
+    steps = speculative_generate_step(
+        ids, target, drafter, policy=policy, max_tokens=max_tokens, strategy=strategy,
+        stop_tokens=stop, max_context=max_context, stats=stats,
+    )
+    yield from responses(tokenizer, steps, stats, len(ids), max_tokens, stop)
+
+
+def responses(tokenizer, steps, stats: SpecStats, prompt_tokens: int, max_tokens: int, stop: set,
+              on_token=None) -> Generator[GenerationResponse, None, None]:
+    """Turn a stream of token ids from the loop into detokenized GenerationResponses."""
     detokenizer = tokenizer.detokenizer
     detokenizer.reset()
     tic = time.perf_counter()
     prompt_tps = 0.0
     n = 0
     accepted_seen = 0
-    steps = speculative_generate_step(
-        ids, target, drafter, policy=policy, max_tokens=max_tokens, strategy=strategy,
-        stop_tokens=stop, max_context=max_context, stats=stats,
-    )
     for token in steps:
+        if on_token is not None:
+            on_token(token)
         if n == 0:
             prompt_time = time.perf_counter() - tic
-            prompt_tps = len(ids) / prompt_time if prompt_time else 0.0
+            prompt_tps = prompt_tokens / prompt_time if prompt_time else 0.0
             tic = time.perf_counter()
         n += 1
         from_draft = stats.accepted > accepted_seen  # accepted drafts are yielded right after their verify
@@ -111,7 +119,7 @@ def stream_generate(
             text=detokenizer.last_segment,
             token=token,
             from_draft=from_draft,
-            prompt_tokens=len(ids),
+            prompt_tokens=prompt_tokens,
             prompt_tps=prompt_tps,
             generation_tokens=n,
             generation_tps=n / elapsed if elapsed > 0 else 0.0,

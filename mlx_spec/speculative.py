@@ -98,10 +98,14 @@ def speculative_generate_step(
     prefill_step_size: int = 512,
     max_context: Optional[int] = None,
     stats: Optional[SpecStats] = None,
+    cache: Optional[list] = None,
 ) -> Generator[int, None, None]:
     """Yield up to `max_tokens` target tokens; stops after a stop token (which is yielded).
 
     The draft length comes from `policy` (policy.FixedPolicy / AdaptivePolicy), or is `draft_tokens`.
+    `cache` (from target.make_cache) continues a conversation: `prompt` is then only the new tokens.
+    However the generator ends (exhausted, closed, interrupted), the cache is left holding exactly the
+    prompt and every yielded token but the last, which the target has not read yet.
     """
     prompt = [int(t) for t in prompt]
     stats = stats if stats is not None else SpecStats()
@@ -118,9 +122,27 @@ def speculative_generate_step(
         raise MlxSpecError(f"the prompt has {len(prompt)} tokens, the model's context is {max_context}: shorten the prompt.")
     if max_tokens <= 0:
         return
+    stats.generated = 0
     stats.prompt_tokens = len(prompt)
-    cache = target.make_cache(max_rollback=max(k_max, 1))
+    if cache is None:
+        cache = target.make_cache(max_rollback=max(k_max, 1))
+    base = target_position(cache)
+    if base + len(prompt) >= max_context:
+        raise MlxSpecError(f"the conversation has {base + len(prompt)} tokens, the model's context is {max_context}: start a new one.")
+    try:
+        yield from _decode(prompt, target, drafter, policy, max_tokens, stop, strategy, prefill_step_size,
+                           max_context, stats, cache)
+    finally:
+        # Forget drafts processed past the last yielded token (a stop token or a close mid-block).
+        if stats.generated:
+            keep = base + len(prompt) + stats.generated - 1
+            for c in cache:
+                if c.offset > keep:
+                    c.trim(c.offset - keep)
 
+
+def _decode(prompt, target, drafter, policy, max_tokens, stop, strategy, prefill_step_size, max_context, stats, cache):
+    """The loop proper (see the module docstring); `speculative_generate_step` sets it up."""
     # prefill
     t0 = _clock()
     ids = mx.array(prompt)[None]

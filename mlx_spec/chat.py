@@ -1,0 +1,104 @@
+"""A multi-turn conversation that keeps the target's cache between turns (no re-prefill of history).
+
+Each turn prefills only what is new: the previous reply's last token (yielded but not yet read by
+the target) and the chat-template tokens of the new user message. An interrupted reply (Ctrl-C)
+leaves the cache consistent (the loop trims drafts past the last yielded token), so the
+conversation goes on; if a prefill itself was interrupted, the next turn rebuilds the cache from the
+token history.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Generator, Optional, Union
+
+from .generate import GenerationResponse, responses
+from .loading import SpeculativeModel
+from .policy import make_policy, measure_costs, static_costs
+from .sampling import SamplingSettings, make_strategy
+from .speculative import SpecStats, speculative_generate_step
+from .target import Target
+
+MAX_DRAFT = 8
+
+
+class ChatSession:
+    def __init__(
+        self,
+        model: SpeculativeModel,
+        tokenizer,
+        max_tokens: int = 512,
+        draft_tokens: Union[int, str] = "auto",
+        temp: float = 0.0,
+        top_p: float = 0.0,
+        top_k: int = 0,
+        min_p: float = 0.0,
+        seed: Optional[int] = None,
+        ignore_eos: bool = False,
+    ):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_tokens, self.draft_tokens, self.ignore_eos = max_tokens, draft_tokens, ignore_eos
+        self.settings = SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
+        self.strategy = make_strategy(self.settings, seed)
+        self.seed = seed
+        self.target = Target(model.target.module, model.target.text_config)
+        self.drafter = model.drafter.module if model.drafter is not None else None
+        self.last_stats: Optional[SpecStats] = None
+        self.turns = 0
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the conversation."""
+        self.cache = self.target.make_cache(max_rollback=MAX_DRAFT)
+        self.history: list[int] = []  # tokens the cache holds, in order
+        self.pending: Optional[int] = None  # last reply token, not yet read by the target
+        self.turns = 0
+
+    def _turn_tokens(self, message: str) -> list[int]:
+        tok = self.tokenizer
+        messages = [{"role": "user", "content": message}]
+        if getattr(tok, "chat_template", None):
+            ids = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        else:
+            ids = list(tok.encode(message))
+        bos = getattr(tok, "bos_token_id", None)
+        if self.turns and ids and bos is not None and ids[0] == bos:
+            ids = ids[1:]  # the conversation already starts with it
+        return ids
+
+    def _policy(self):
+        if self.draft_tokens != "auto" or self.drafter is None:
+            return make_policy(self.draft_tokens, self.target, self.drafter, MAX_DRAFT)
+        if self.seed is not None:
+            return make_policy("auto", self.target, self.drafter, MAX_DRAFT, static_costs(self.target, self.drafter, MAX_DRAFT))
+        if self.model.costs is None:
+            self.model.costs = measure_costs(self.target, self.drafter, MAX_DRAFT)
+        return make_policy("auto", self.target, self.drafter, MAX_DRAFT, copy.deepcopy(self.model.costs))
+
+    def ask(self, message: str) -> Generator[GenerationResponse, None, None]:
+        """Stream the reply to `message`; closing the generator early keeps the session usable."""
+        new = ([self.pending] if self.pending is not None else []) + self._turn_tokens(message)
+        if any(c.offset != len(self.history) for c in self.cache):  # an interrupted prefill
+            self.cache = self.target.make_cache(max_rollback=MAX_DRAFT)
+            new, self.history = self.history + new, []
+        stats = SpecStats()
+        self.last_stats = stats
+        prompt_len = len(new)
+        steps = speculative_generate_step(
+            new, self.target, self.drafter, policy=self._policy(), max_tokens=self.max_tokens,
+            stop_tokens=() if self.ignore_eos else self.tokenizer.eos_token_ids, strategy=self.strategy,
+            stats=stats, cache=self.cache,
+        )
+        self.turns += 1
+        replied: list[int] = []
+        try:
+            yield from responses(self.tokenizer, steps, stats, prompt_len, self.max_tokens,
+                                 set() if self.ignore_eos else set(self.tokenizer.eos_token_ids), on_token=replied.append)
+        finally:
+            steps.close()
+            if stats.generated:
+                self.history += new + replied[:-1]
+                self.pending = replied[-1]
+            elif all(c.offset == len(self.history) + len(new) for c in self.cache):
+                self.history += new
+                self.pending = None
