@@ -9,12 +9,10 @@ token history.
 
 from __future__ import annotations
 
-import copy
 from typing import Generator, Optional, Union
 
-from .generate import GenerationResponse, responses
+from .generate import GenerationResponse, policy_for_run, responses
 from .loading import SpeculativeModel
-from .policy import make_policy, measure_costs, static_costs
 from .sampling import SamplingSettings, make_strategy
 from .speculative import SpecStats, speculative_generate_step
 from .target import Target
@@ -66,15 +64,6 @@ class ChatSession:
             ids = ids[1:]  # the conversation already starts with it
         return ids
 
-    def _policy(self):
-        if self.draft_tokens != "auto" or self.drafter is None:
-            return make_policy(self.draft_tokens, self.target, self.drafter, MAX_DRAFT)
-        if self.seed is not None:
-            return make_policy("auto", self.target, self.drafter, MAX_DRAFT, static_costs(self.target, self.drafter, MAX_DRAFT))
-        if self.model.costs is None:
-            self.model.costs = measure_costs(self.target, self.drafter, MAX_DRAFT)
-        return make_policy("auto", self.target, self.drafter, MAX_DRAFT, copy.deepcopy(self.model.costs))
-
     def ask(self, message: str) -> Generator[GenerationResponse, None, None]:
         """Stream the reply to `message`; closing the generator early keeps the session usable."""
         new = ([self.pending] if self.pending is not None else []) + self._turn_tokens(message)
@@ -85,7 +74,7 @@ class ChatSession:
         self.last_stats = stats
         prompt_len = len(new)
         steps = speculative_generate_step(
-            new, self.target, self.drafter, policy=self._policy(), max_tokens=self.max_tokens,
+            new, self.target, self.drafter, policy=policy_for_run(self.model, self.target, self.drafter, self.draft_tokens, self.seed, MAX_DRAFT), max_tokens=self.max_tokens,
             stop_tokens=() if self.ignore_eos else self.tokenizer.eos_token_ids, strategy=self.strategy,
             stats=stats, cache=self.cache,
         )

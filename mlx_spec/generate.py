@@ -32,6 +32,22 @@ class GenerationResponse:
     stats: SpecStats = field(default_factory=SpecStats)
 
 
+def policy_for_run(model: SpeculativeModel, target: Target, drafter, draft_tokens: Union[int, str],
+                   seed: Optional[int], k_max: int = 8):
+    """Fixed k, or adaptive k priced by costs measured once per loaded pair (by weight bytes when
+    seeded: measured timings vary run to run and would change k, hence the random draws, so a seeded
+    run must not depend on them)."""
+    if draft_tokens != "auto" or drafter is None:
+        return make_policy(draft_tokens, target, drafter, k_max)
+    if seed is not None:
+        costs = static_costs(target, drafter, k_max)
+    else:
+        if model.costs is None:
+            model.costs = measure_costs(target, drafter, k_max)
+        costs = copy.deepcopy(model.costs)
+    return make_policy("auto", target, drafter, k_max, costs=costs)
+
+
 def _prompt_ids(tokenizer, prompt: Union[str, Sequence[int], mx.array]) -> list[int]:
     if isinstance(prompt, str):
         return list(tokenizer.encode(prompt))
@@ -65,17 +81,7 @@ def stream_generate(
     target = Target(model.target.module, model.target.text_config)
     drafter = model.drafter.module if model.drafter is not None else None
     strategy = make_strategy(SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p), seed)
-    costs = None
-    if draft_tokens == "auto" and drafter is not None:
-        if seed is not None:
-            # Measured timings vary run to run and would change k, hence the random draws: a seeded
-            # run prices steps by weight bytes instead, so the same seed gives the same tokens.
-            costs = static_costs(target, drafter, max_draft_tokens)
-        else:
-            if model.costs is None:
-                model.costs = measure_costs(target, drafter, max_draft_tokens)  # once per loaded pair
-            costs = copy.deepcopy(model.costs)
-    policy = make_policy(draft_tokens, target, drafter, max_draft_tokens, costs=costs)
+    policy = policy_for_run(model, target, drafter, draft_tokens, seed, max_draft_tokens)
     stop = set() if ignore_eos else set(tokenizer.eos_token_ids)
     stats = SpecStats()
     steps = speculative_generate_step(

@@ -7,7 +7,6 @@ checks that a drafter fits a target before any weight is touched by the decoding
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path

@@ -62,8 +62,8 @@ def test_speculative_equals_plain_greedy(models, variant):
     target, drafter = models[variant]
     accepted_any = rejected_any = False
     chosen = prompts(target)
-    if variant in QUANTIZED:  # same code path as their float sources: two seeds suffice
-        chosen = dict(list(chosen.items())[:2])
+    if variant in QUANTIZED or variant == "e2b":  # quantized: float sources' code path; e2b: slow (low acceptance)
+        chosen = dict(list(chosen.items())[:2])  # a short prompt and one longer than 3 windows
     for name, prompt in chosen.items():
         plain, plain_stats = run(target, drafter, prompt, 0)
         assert len(plain) == TOKENS and plain_stats.target_forwards == TOKENS  # plain: one forward per token

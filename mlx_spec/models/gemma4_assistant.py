@@ -28,7 +28,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models import gemma4_text
 from mlx_lm.models.base import BaseModelArgs
 
-from ..model_config import FULL, SLIDING, normalize_config
+from ..model_config import SLIDING, normalize_config
 
 @dataclass
 class ModelArgs(BaseModelArgs):
