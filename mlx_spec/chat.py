@@ -72,17 +72,16 @@ class ChatSession:
             new, self.history = self.history + new, []
         stats = SpecStats()
         self.last_stats = stats
-        prompt_len = len(new)
+        stop = set() if self.ignore_eos else set(self.tokenizer.eos_token_ids)
+        policy = policy_for_run(self.model, self.target, self.drafter, self.draft_tokens, self.seed, MAX_DRAFT)
         steps = speculative_generate_step(
-            new, self.target, self.drafter, policy=policy_for_run(self.model, self.target, self.drafter, self.draft_tokens, self.seed, MAX_DRAFT), max_tokens=self.max_tokens,
-            stop_tokens=() if self.ignore_eos else self.tokenizer.eos_token_ids, strategy=self.strategy,
-            stats=stats, cache=self.cache,
+            new, self.target, self.drafter, policy=policy, max_tokens=self.max_tokens, stop_tokens=stop,
+            strategy=self.strategy, stats=stats, cache=self.cache,
         )
         self.turns += 1
         replied: list[int] = []
         try:
-            yield from responses(self.tokenizer, steps, stats, prompt_len, self.max_tokens,
-                                 set() if self.ignore_eos else set(self.tokenizer.eos_token_ids), on_token=replied.append)
+            yield from responses(self.tokenizer, steps, stats, len(new), self.max_tokens, stop, on_token=replied.append)
         finally:
             steps.close()
             if stats.generated:

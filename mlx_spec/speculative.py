@@ -26,6 +26,7 @@ from .policy import FixedPolicy
 from .sampling import GREEDY, Strategy
 from .target import Target
 
+
 @dataclass
 class SpecStats:
     """Counters and timings of one generation."""
@@ -69,6 +70,7 @@ class SpecStats:
 
     @property
     def acceptance_per_position(self) -> list[float]:
+        """Fraction of the drafts made at each position that the target accepted."""
         return [a / d if d else 0.0 for a, d in zip(self.accepted_per_position, self.drafted_per_position)]
 
     def to_dict(self) -> dict:
