@@ -213,6 +213,48 @@ def chat(
         typer.echo()
 
 
+@app.command()
+def bench(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id."),
+    prompts: str = typer.Option("bench/prompts/default.jsonl", "--prompts", help="JSON lines: name, category, prompt."),
+    draft_tokens: str = typer.Option("1,2,4,8,auto", "--draft-tokens", help="Comma-separated draft lengths and/or auto."),
+    max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens generated per run."),
+    repeats: int = typer.Option(3, "--repeats", help="Measured passes over the prompts."),
+    alpha: Optional[str] = typer.Option(None, "--alpha", help="Controlled acceptance, e.g. 0.5,0.7,0.9: drafts replaced by the target's own tokens with this probability."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
+    out: str = typer.Option("bench/out", "--out", help="Folder for results.json, results.md and PNG plots."),
+) -> None:
+    """Plain vs speculative decoding on the same prompts, interleaved: tokens/s, speedup, acceptance."""
+    from pathlib import Path
+
+    from . import load
+    from .bench import Bench, load_prompts, markdown, plot
+
+    configs = [_parse_draft_tokens(x.strip()) for x in draft_tokens.split(",") if x.strip()]
+    if not configs or max_tokens < 2 or repeats < 1:
+        raise MlxSpecError("bench needs at least one --draft-tokens value, --max-tokens >= 2 and --repeats >= 1.")
+    try:
+        alphas = [float(a) for a in alpha.split(",")] if alpha else [None]
+    except ValueError:
+        raise MlxSpecError(f"--alpha takes numbers in [0, 1] like 0.5,0.9 (got {alpha!r}).") from None
+    if any(a is not None and not 0 <= a <= 1 for a in alphas):
+        raise MlxSpecError(f"--alpha values must be in [0, 1] (got {alpha!r}).")
+    pair, tokenizer = load(model, drafter)
+    prompt_set = load_prompts(Path(prompts), tokenizer, limit)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for a in alphas:
+        results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a).run())
+        typer.echo(markdown(results[-1]))
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    (out_dir / "results.md").write_text("\n".join(markdown(r) for r in results))
+    for png in plot(results, out_dir):
+        typer.echo(f"wrote {png}")
+    typer.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: our errors become one line on stderr and exit code 2."""
     try:

@@ -1,0 +1,285 @@
+"""Benchmark engine: plain vs speculative decoding on the same prompts, in one process, interleaved.
+
+For each prompt and repeat, plain decoding runs first, then every requested draft length, so slow
+drift of the machine hits all configurations alike; a warm-up pass precedes the measured ones.
+Reported per configuration: prefill and decode tokens/s, speedup over plain (paired per prompt and
+repeat, mean with a 95% confidence interval), mean accepted length, acceptance per position, target
+forwards per token, drafter time share, expert loads per token (MoE), peak memory. Every result
+records the regime: device, MLX version, weight dtype, BLAS, and whether it looks compute-bound.
+
+Controlled acceptance (`alpha`): random-weight drafters are almost never accepted, so the real
+drafter runs at full cost but each proposal is replaced, with probability alpha, by the target's own
+greedy token from a precomputed plain run (greedy only). Every output containing it says so.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from .errors import MlxSpecError
+from .generate import policy_for_run
+from .loading import SpeculativeModel
+from .speculative import SpecStats, speculative_generate_step
+from .target import Target
+
+T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
+
+
+class ControlledDrafter:
+    """The real drafter at full cost; with probability alpha its proposal becomes the target's own token."""
+
+    def __init__(self, drafter, sequence: list[int], alpha: float, seed: int = 0):
+        self.drafter, self.sequence, self.alpha = drafter, list(sequence), alpha
+        self.rng = np.random.default_rng(seed)
+        self.sliding_span = drafter.sliding_span
+        self.position, self.step = None, 0
+
+    def __call__(self, inputs, position, shared_kv):
+        logits, hidden = self.drafter(inputs, position, shared_kv)
+        if position != self.position:
+            self.position, self.step = position, 0
+        self.step += 1
+        index = position + self.step
+        if index < len(self.sequence) and self.rng.random() < self.alpha:
+            logits = mx.full(logits.shape, -1e9, dtype=logits.dtype).at[..., self.sequence[index]].add(1e9)
+        return logits, hidden
+
+
+@dataclass
+class Run:
+    config: str
+    prompt: str
+    repeat: int
+    prefill_tps: float
+    decode_tps: float
+    tokens: int
+    stats: dict
+    peak_memory_gb: float
+    same_as_plain: Optional[bool] = None
+
+
+def _sum_positions(lists: list[list[int]]) -> np.ndarray:
+    total = np.zeros(max((len(x) for x in lists), default=0))
+    for x in lists:
+        total[: len(x)] += x
+    return total
+
+
+def regime(target: Target) -> dict:
+    dtypes = sorted({str(v.dtype) for _, v in tree_flatten(target.module.parameters())})
+    device = str(mx.default_device())
+    preload = os.environ.get("LD_PRELOAD", "")
+    blas = "OpenBLAS (LD_PRELOAD)" if "openblas" in preload.lower() else ("Accelerate/Metal" if platform.system() == "Darwin" else "MLX's bundled reference BLAS")
+    compute_bound = "cpu" in device.lower() and (blas.startswith("MLX's") or "mlx.core.float32" not in dtypes or len(dtypes) > 1)
+    return {
+        "device": device,
+        "machine": f"{platform.machine()} {platform.system()} {platform.release()}",
+        "mlx": mx.__version__,
+        "weight_dtypes": dtypes,
+        "blas": blas,
+        "compute_bound": compute_bound,
+        "warning": ("compute-bound regime (CPU without float32 + OpenBLAS): verifying k+1 tokens costs more than one, "
+                    "so speedups understate a bandwidth-bound Apple GPU") if compute_bound else None,
+    }
+
+
+def _ci(values: list[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    mean = float(np.mean(values))
+    if len(values) < 2:
+        return mean, float("nan")
+    t = T95.get(len(values) - 1, 1.96)
+    return mean, t * float(np.std(values, ddof=1)) / math.sqrt(len(values))
+
+
+@dataclass
+class Bench:
+    model: SpeculativeModel
+    tokenizer: object
+    prompts: list[dict]  # {"name", "category", "ids"}
+    configs: list[Union[int, str]]
+    max_tokens: int = 128
+    repeats: int = 3
+    alpha: Optional[float] = None
+    runs: list[Run] = field(default_factory=list)
+
+    def _once(self, target, drafter, ids, config, plain_tokens=None, seed=0) -> tuple[list[int], SpecStats, float, float]:
+        stats = SpecStats()
+        if drafter is not None and self.alpha is not None and plain_tokens is not None:
+            drafter = ControlledDrafter(drafter, ids + plain_tokens, self.alpha, seed=seed)
+        policy = policy_for_run(self.model, target, drafter if config != 0 else None, config, None)
+        mx.synchronize()
+        mx.reset_peak_memory()
+        t0 = time.perf_counter()
+        tokens = list(speculative_generate_step(ids, target, drafter if config != 0 else None, policy=policy,
+                                                max_tokens=self.max_tokens, stats=stats))
+        total = time.perf_counter() - t0
+        return tokens, stats, total, mx.get_peak_memory() / 1e9
+
+    def run(self, progress: bool = True) -> dict:
+        target = Target(self.model.target.module, self.model.target.text_config)
+        drafter = self.model.drafter.module if self.model.drafter is not None else None
+        if drafter is None:
+            raise MlxSpecError("bench compares plain and speculative decoding: give a drafter.")
+        total = len(self.prompts) * self.repeats * (1 + len(self.configs))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, desc="bench", unit="run")
+        warm = self.prompts[0]["ids"]
+        self._once(target, drafter, warm, 0)
+        for config in self.configs:
+            self._once(target, drafter, warm, config)
+        for repeat in range(self.repeats):
+            for index, prompt in enumerate(self.prompts):
+                plain = None
+                for c, config in enumerate([0, *self.configs]):
+                    seed = (repeat * len(self.prompts) + index) * 100 + c  # independent draws per run
+                    tokens, stats, seconds, peak = self._once(target, drafter, prompt["ids"], config, plain, seed)
+                    if config == 0:
+                        plain = tokens
+                    decode_tokens = max(1, stats.generated - 1)
+                    decode_seconds = max(1e-9, seconds - stats.prefill_time)
+                    self.runs.append(Run(
+                        config=str(config), prompt=prompt["name"], repeat=repeat,
+                        prefill_tps=len(prompt["ids"]) / max(1e-9, stats.prefill_time),
+                        decode_tps=decode_tokens / decode_seconds, tokens=stats.generated,
+                        stats=stats.to_dict(), peak_memory_gb=peak,
+                        same_as_plain=None if config == 0 else tokens == plain,
+                    ))
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        return self.summary(target)
+
+    def summary(self, target: Target) -> dict:
+        plain = {(r.prompt, r.repeat): r for r in self.runs if r.config == "0"}
+        rows = []
+        for config in ["0", *map(str, self.configs)]:
+            runs = [r for r in self.runs if r.config == config]
+            speedups = [r.decode_tps / plain[(r.prompt, r.repeat)].decode_tps for r in runs]
+            mean, half = _ci(speedups)
+            drafted = _sum_positions([r.stats["drafted_per_position"] for r in runs])
+            accepted = _sum_positions([r.stats["accepted_per_position"] for r in runs])
+            steps = sum(r.stats["steps"] for r in runs)
+            accepted_total = sum(r.stats["accepted"] for r in runs)
+            decode = sum(r.stats["draft_time"] + r.stats["verify_time"] + r.stats["rollback_time"] for r in runs)
+            tokens = sum(max(1, r.stats["generated"] - 1) for r in runs)
+            rows.append({
+                "config": "plain" if config == "0" else f"k={config}",
+                "prefill_tps": float(np.mean([r.prefill_tps for r in runs])),
+                "decode_tps": float(np.mean([r.decode_tps for r in runs])),
+                "speedup": mean,
+                "speedup_ci95": half,
+                "mean_accepted_length": 1 + accepted_total / steps if steps else 1.0,
+                "acceptance_per_position": [float(a / d) for a, d in zip(accepted, drafted) if d],
+                "target_forwards_per_token": sum(r.stats["target_forwards"] - 1 for r in runs) / tokens,
+                "drafter_time_share": sum(r.stats["draft_time"] for r in runs) / decode if decode else 0.0,
+                "expert_loads_per_token": float(np.mean([r.stats["decode_expert_loads_per_token"] for r in runs])),
+                "peak_memory_gb": max(r.peak_memory_gb for r in runs),
+                "lossless": all(r.same_as_plain for r in runs) if config != "0" else None,
+            })
+        return {
+            "label": f"controlled acceptance alpha={self.alpha} (drafts replaced by the target's own tokens)" if self.alpha is not None else "real drafter acceptance",
+            "alpha": self.alpha,
+            "regime": regime(target),
+            "model": self.model.target.name,
+            "drafter": self.model.drafter.name,
+            "prompts": [p["name"] for p in self.prompts],
+            "max_tokens": self.max_tokens,
+            "repeats": self.repeats,
+            "rows": rows,
+            "runs": [r.__dict__ for r in self.runs],
+        }
+
+
+def load_prompts(path: Path, tokenizer, limit: Optional[int] = None) -> list[dict]:
+    if not Path(path).is_file():
+        raise MlxSpecError(f"no prompt file {path}: pass --prompts FILE (JSON lines with name, category, prompt).")
+    prompts = []
+    for line in Path(path).read_text().splitlines():
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        text = item["prompt"]
+        if getattr(tokenizer, "chat_template", None):
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+        else:
+            ids = tokenizer.encode(text)
+        prompts.append({"name": item["name"], "category": item.get("category", ""), "ids": list(ids)})
+    return prompts[:limit] if limit else prompts
+
+
+def markdown(result: dict) -> str:
+    reg = result["regime"]
+    lines = [
+        f"**{result['label']}** - model `{result['model']}`, drafter `{result['drafter']}`, "
+        f"{len(result['prompts'])} prompts x {result['repeats']} repeats, {result['max_tokens']} tokens, greedy; "
+        f"{reg['device']}, {reg['machine']}, mlx {reg['mlx']}, weights {', '.join(reg['weight_dtypes'])}, {reg['blas']}.",
+    ]
+    if reg["warning"]:
+        lines.append(f"Warning: {reg['warning']}.")
+    lines += ["", "| config | prefill tok/s | decode tok/s | speedup (95% CI) | mean accepted length | acceptance by position | target fwd/token | drafter time share | expert loads/token | peak GB | lossless |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        acc = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "-"
+        ci = "" if math.isnan(r["speedup_ci95"]) else f" +/- {r['speedup_ci95']:.2f}"
+        lossless = "-" if r["lossless"] is None else ("yes" if r["lossless"] else "NO")
+        lines.append(f"| {r['config']} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {r['speedup']:.2f}{ci} | "
+                     f"{r['mean_accepted_length']:.2f} | {acc} | {r['target_forwards_per_token']:.3f} | {r['drafter_time_share']:.2f} | "
+                     f"{r['expert_loads_per_token']:.2f} | {r['peak_memory_gb']:.3f} | {lossless} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], out: Path) -> list[str]:
+    """speedup vs k (one line per alpha) and speedup vs alpha (one line per k); needs matplotlib (extra `bench`)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for res in results:
+        rows = [r for r in res["rows"] if r["config"].startswith("k=") and r["config"][2:].isdigit()]
+        ax.errorbar([int(r["config"][2:]) for r in rows], [r["speedup"] for r in rows],
+                    yerr=[0 if math.isnan(r["speedup_ci95"]) else r["speedup_ci95"] for r in rows], marker="o",
+                    label=f"alpha={res['alpha']}" if res["alpha"] is not None else "real drafter")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("draft tokens k")
+    ax.set_ylabel("decode speedup over plain")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "speedup_vs_k.png", dpi=120)
+    written.append(str(out / "speedup_vs_k.png"))
+    alphas = [r for r in results if r["alpha"] is not None]
+    if len(alphas) > 1:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        configs = [r["config"] for r in alphas[0]["rows"] if r["config"] != "plain"]
+        for config in configs:
+            ax.plot([r["alpha"] for r in alphas], [next(x["speedup"] for x in r["rows"] if x["config"] == config) for r in alphas], marker="o", label=config)
+        ax.axhline(1.0, color="grey", lw=0.8)
+        ax.set_xlabel("acceptance alpha (controlled)")
+        ax.set_ylabel("decode speedup over plain")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "speedup_vs_alpha.png", dpi=120)
+        written.append(str(out / "speedup_vs_alpha.png"))
+    plt.close("all")
+    return written

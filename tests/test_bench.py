@@ -1,0 +1,48 @@
+"""mlx-spec bench: end to end on a tiny checkpoint, and controlled acceptance hits the requested alpha."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+from typer.testing import CliRunner
+
+import mlx_spec
+from conftest import ROOT
+from mlx_spec.bench import Bench, load_prompts
+from mlx_spec.cli import app
+
+
+def test_bench_end_to_end(tiny, tmp_path):
+    start = time.time()
+    result = CliRunner().invoke(app, [
+        "bench", "-m", str(tiny / "moe" / "target"), "-d", str(tiny / "moe" / "drafter-trained"),
+        "--prompts", str(ROOT / "bench" / "prompts" / "default.jsonl"), "--limit", "2", "--max-tokens", "32",
+        "--repeats", "2", "--draft-tokens", "2,auto", "--out", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    assert time.time() - start < 60
+    data = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["config"]: r for r in data[0]["rows"]}
+    assert set(rows) == {"plain", "k=2", "k=auto"}
+    assert rows["k=2"]["lossless"] and rows["k=auto"]["lossless"]
+    assert rows["k=2"]["target_forwards_per_token"] < 1.0 and rows["k=2"]["expert_loads_per_token"] > 0
+    assert data[0]["regime"]["device"] and "blas" in data[0]["regime"]
+    assert (tmp_path / "results.md").read_text().count("| k=") == 2
+
+
+def test_controlled_acceptance_matches_alpha(tiny):
+    """The random drafter is (almost) never right, so acceptance at position 1 is alpha and at
+    position 2 alpha^2 (drafts counted whether or not the earlier ones were accepted); tolerance 0.08
+    (about 3 standard errors with ~350 verify steps)."""
+    model, tokenizer = mlx_spec.load(tiny / "dense" / "target", tiny / "dense" / "drafter")
+    prompts = load_prompts(ROOT / "bench" / "prompts" / "default.jsonl", tokenizer, limit=3)
+    for alpha in (0.5, 0.9):
+        result = Bench(model, tokenizer, prompts, [4], max_tokens=200, repeats=1, alpha=alpha).run(progress=False)
+        row = next(r for r in result["rows"] if r["config"] == "k=4")
+        assert abs(row["acceptance_per_position"][0] - alpha) < 0.08, row
+        assert abs(row["acceptance_per_position"][1] - alpha ** 2) < 0.08, row
+        assert row["lossless"]
+        assert "controlled acceptance" in result["label"]
+    assert np.isfinite(row["speedup"])
