@@ -145,14 +145,31 @@ VARIANTS = {
     },
 }
 QUANTIZED = {"dense-4bit": "dense", "moe-4bit": "moe"}
+# Not written by default: a ~155M-parameter dense shape (620 MB float32) big enough to be
+# bandwidth-bound on a CPU with OpenBLAS (bench/run_proxy.sh), with a drafter ~9% of its size.
+PROXY = {
+    "proxy": {
+        "layout": "text",
+        "seed": 44,
+        "text": _text_config(
+            hidden_size=1024, intermediate_size=4096, num_attention_heads=8, head_dim=128, global_head_dim=256,
+            num_key_value_heads=2, num_global_key_value_heads=1, attention_k_eq_v=True, vocab_size=32768,
+            vocab_size_per_layer_input=32768, sliding_window=16,
+            layer_types=(["sliding_attention"] * 3 + ["full_attention"]) * 2,
+        ),
+        "drafter": {"use_ordered_embeddings": False},
+        "drafter_width": 256,
+    },
+}
 QUANTIZATION = {"group_size": 32, "bits": 4}
 
 
-def drafter_config(target_text: dict, options: dict) -> dict:
+def drafter_config(target_text: dict, options: dict, width: int = 32) -> dict:
     """An assistant config shaped like the released *-assistant configs, sized for the target."""
     text = _text_config(
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=width,
+        intermediate_size=2 * width,
+        vocab_size=target_text["vocab_size"],
         layer_types=["sliding_attention"] * 3 + ["full_attention"],
         num_kv_shared_layers=4,
         num_attention_heads=4,
@@ -361,7 +378,7 @@ def write_target(out: Path, spec: dict, tokenizer) -> None:
 
 def write_drafter(out: Path, spec: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    config = drafter_config(spec["text"], spec["drafter"])
+    config = drafter_config(spec["text"], spec["drafter"], spec.get("drafter_width", 32))
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", {"num_assistant_tokens": 4, "num_assistant_tokens_schedule": "constant"})
     _save_safetensors(out / "model.safetensors", drafter_weights(config, spec["seed"]))
@@ -402,7 +419,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--no-quantized", action="store_true", help="skip the 4-bit MLX copies (needs mlx)")
-    parser.add_argument("--variants", nargs="*", default=None, help="subset of: " + ", ".join([*VARIANTS, *QUANTIZED]))
+    parser.add_argument("--variants", nargs="*", default=None, help="subset of: " + ", ".join([*VARIANTS, *QUANTIZED, *PROXY]) + " (proxy only on request)")
     parser.add_argument(
         "--trained-drafters", type=Path, default=None,
         help="folder of <variant>.safetensors from train_tiny_drafters.py (tests/fixtures/drafters): "
@@ -410,7 +427,8 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     wanted = args.variants or [*VARIANTS, *([] if args.no_quantized else QUANTIZED)]
-    unknown = [v for v in wanted if v not in VARIANTS and v not in QUANTIZED]
+    specs = {**VARIANTS, **PROXY}
+    unknown = [v for v in wanted if v not in specs and v not in QUANTIZED]
     if unknown:
         parser.error(f"unknown variants {unknown}")
 
@@ -419,7 +437,7 @@ def main(argv=None) -> int:
     tokenizer = build_tokenizer()
 
     def write_pair(root: Path, name: str) -> None:
-        spec = VARIANTS[name]
+        spec = specs[name]
         write_target(root / name / "target", spec, tokenizer)
         write_drafter(root / name / "drafter", spec)
         trained = args.trained_drafters / f"{name}.safetensors" if args.trained_drafters else None
