@@ -255,31 +255,33 @@ def plot(results: list[dict], out: Path) -> list[str]:
     except ImportError:
         return []
     written = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for res in results:
-        rows = [r for r in res["rows"] if r["config"].startswith("k=") and r["config"][2:].isdigit()]
-        ax.errorbar([int(r["config"][2:]) for r in rows], [r["speedup"] for r in rows],
-                    yerr=[0 if math.isnan(r["speedup_ci95"]) else r["speedup_ci95"] for r in rows], marker="o",
-                    label=f"alpha={res['alpha']}" if res["alpha"] is not None else "real drafter")
-    ax.axhline(1.0, color="grey", lw=0.8)
-    ax.set_xlabel("draft tokens k")
-    ax.set_ylabel("decode speedup over plain")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "speedup_vs_k.png", dpi=120)
-    written.append(str(out / "speedup_vs_k.png"))
-    alphas = [r for r in results if r["alpha"] is not None]
-    if len(alphas) > 1:
+
+    def figure(name: str, xlabel: str, draw) -> None:
         fig, ax = plt.subplots(figsize=(6, 4))
-        configs = [r["config"] for r in alphas[0]["rows"] if r["config"] != "plain"]
-        for config in configs:
-            ax.plot([r["alpha"] for r in alphas], [next(x["speedup"] for x in r["rows"] if x["config"] == config) for r in alphas], marker="o", label=config)
+        draw(ax)
         ax.axhline(1.0, color="grey", lw=0.8)
-        ax.set_xlabel("acceptance alpha (controlled)")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel("decode speedup over plain")
         ax.legend()
         fig.tight_layout()
-        fig.savefig(out / "speedup_vs_alpha.png", dpi=120)
-        written.append(str(out / "speedup_vs_alpha.png"))
+        fig.savefig(out / name, dpi=120)
+        written.append(str(out / name))
+
+    def by_k(ax):
+        for res in results:
+            rows = [r for r in res["rows"] if r["config"].startswith("k=") and r["config"][2:].isdigit()]
+            ax.errorbar([int(r["config"][2:]) for r in rows], [r["speedup"] for r in rows],
+                        yerr=[0 if math.isnan(r["speedup_ci95"]) else r["speedup_ci95"] for r in rows], marker="o",
+                        label=f"alpha={res['alpha']}" if res["alpha"] is not None else "real drafter")
+
+    figure("speedup_vs_k.png", "draft tokens k", by_k)
+    alphas = [r for r in results if r["alpha"] is not None]
+    if len(alphas) > 1:
+        def by_alpha(ax):
+            for config in [r["config"] for r in alphas[0]["rows"] if r["config"] != "plain"]:
+                ax.plot([r["alpha"] for r in alphas], [next(x["speedup"] for x in r["rows"] if x["config"] == config) for r in alphas],
+                        marker="o", label=config)
+
+        figure("speedup_vs_alpha.png", "acceptance alpha (controlled)", by_alpha)
     plt.close("all")
     return written
