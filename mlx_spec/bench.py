@@ -28,7 +28,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from .errors import MlxSpecError
-from .generate import policy_for_run
+from .generate import policy_for_run, user_turn_tokens
 from .loading import SpeculativeModel
 from .speculative import SpecStats, speculative_generate_step
 from .target import Target
@@ -215,12 +215,8 @@ def load_prompts(path: Path, tokenizer, limit: Optional[int] = None) -> list[dic
         if not line.strip():
             continue
         item = json.loads(line)
-        text = item["prompt"]
-        if getattr(tokenizer, "chat_template", None):
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
-        else:
-            ids = tokenizer.encode(text)
-        prompts.append({"name": item["name"], "category": item.get("category", ""), "ids": list(ids)})
+        ids = user_turn_tokens(tokenizer, item["prompt"])
+        prompts.append({"name": item["name"], "category": item.get("category", ""), "ids": ids})
     return prompts[:limit] if limit else prompts
 
 

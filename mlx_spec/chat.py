@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Generator, Optional, Union
 
-from .generate import GenerationResponse, policy_for_run, responses
+from .generate import GenerationResponse, policy_for_run, responses, user_turn_tokens
 from .loading import SpeculativeModel
 from .sampling import SamplingSettings, make_strategy
 from .speculative import SpecStats, speculative_generate_step
@@ -53,13 +53,8 @@ class ChatSession:
         self.turns = 0
 
     def _turn_tokens(self, message: str) -> list[int]:
-        tok = self.tokenizer
-        messages = [{"role": "user", "content": message}]
-        if getattr(tok, "chat_template", None):
-            ids = list(tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-        else:
-            ids = list(tok.encode(message))
-        bos = getattr(tok, "bos_token_id", None)
+        ids = user_turn_tokens(self.tokenizer, message)
+        bos = getattr(self.tokenizer, "bos_token_id", None)
         if self.turns and ids and bos is not None and ids[0] == bos:
             ids = ids[1:]  # the conversation already starts with it
         return ids

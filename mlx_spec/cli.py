@@ -112,7 +112,7 @@ def generate(
 ) -> None:
     """Generate with speculative decoding; the output is exactly what the target alone would give."""
     from . import load
-    from .generate import stream_generate
+    from .generate import stream_generate, user_turn_tokens
     from .sampling import SamplingSettings
 
     if (prompt is None) == (prompt_ids is None):
@@ -123,8 +123,8 @@ def generate(
     SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)  # validate before loading
     ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
     pair, tokenizer = load(model, drafter)
-    if ids is None and chat_template and getattr(tokenizer, "chat_template", None):
-        ids = list(tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=True))
+    if ids is None:
+        ids = user_turn_tokens(tokenizer, prompt, chat_template)
     tokens, text, response = [], "", None
     for response in stream_generate(pair, tokenizer, ids if ids is not None else prompt, max_tokens=max_tokens,
                                     draft_tokens=k, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,

@@ -48,6 +48,14 @@ def policy_for_run(model: SpeculativeModel, target: Target, drafter, draft_token
     return make_policy("auto", target, drafter, k_max, costs=costs)
 
 
+def user_turn_tokens(tokenizer, text: str, chat_template: bool = True) -> list[int]:
+    """A user message as prompt tokens: wrapped in the model's chat template when it has one."""
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": text}]
+        return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+    return list(tokenizer.encode(text))
+
+
 def _prompt_ids(tokenizer, prompt: Union[str, Sequence[int], mx.array]) -> list[int]:
     if isinstance(prompt, str):
         return list(tokenizer.encode(prompt))

@@ -27,7 +27,8 @@ def expected_unique_experts(n_tokens: int, num_experts: int, top_k: int) -> floa
     return num_experts * (1.0 - (1.0 - top_k / num_experts) ** n_tokens)
 
 
-def _nbytes(module: nn.Module) -> int:
+def parameter_bytes(module: nn.Module) -> int:
+    """Bytes of all parameters of a module (packed weights, scales and biases when quantized)."""
     from mlx.utils import tree_flatten
 
     return sum(v.nbytes for _, v in tree_flatten(module.parameters()))
@@ -58,12 +59,12 @@ class MoEProfile:
             return None
         args = target.lm.args
         experts = [_experts_of(l) for l in layers]
-        bank = sum(_nbytes(e) for e in experts)
-        total = _nbytes(target.module)
+        bank = sum(parameter_bytes(e) for e in experts)
+        total = parameter_bytes(target.module)
         # A tied embedding is read as the LM head (all of it) but only one row as the input table.
         return cls(
             dense_bytes=float(total - bank),
-            expert_bytes=[_nbytes(e) / args.num_experts for e in experts],
+            expert_bytes=[parameter_bytes(e) / args.num_experts for e in experts],
             num_experts=int(args.num_experts),
             top_k=int(args.top_k_experts),
         )

@@ -22,7 +22,7 @@ from typing import Optional, Protocol
 import mlx.core as mx
 import numpy as np
 
-from .moe import ExpertTracker, MoEProfile, expected_unique_experts
+from .moe import ExpertTracker, MoEProfile, expected_unique_experts, parameter_bytes
 
 
 class CostModel(Protocol):
@@ -240,12 +240,6 @@ def measure_costs(target, drafter, k_max: int, repeats: int = 3, context: int = 
         target.moe.reset()  # warm-up forwards are not part of any generation's counts
         return MoECosts.calibrate(measured, target.moe.profile, target.moe)
     return measured
-
-
-def parameter_bytes(module) -> int:
-    from mlx.utils import tree_flatten
-
-    return sum(v.nbytes for _, v in tree_flatten(module.parameters()))
 
 
 def static_costs(target, drafter, k_max: int) -> MeasuredCosts:
