@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -31,6 +32,12 @@ import numpy as np
 from .errors import ModelFilesError
 
 DEMO_DRAFTERS = "mlx_spec.demo_drafters"
+
+
+def demo_home() -> Path:
+    """Where `mlx-spec demo-models` writes by default ($MLX_SPEC_HOME/demo-models or ~/.cache/mlx-spec/demo-models)."""
+    base = os.environ.get("MLX_SPEC_HOME")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "mlx-spec") / "demo-models"
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Model files -> MLX modules: targets through mlx-lm, drafters through our gemma4_assistant.
+"""Model files -> MLX modules: targets through mlx-lm, drafters through our gemma4_assistant
+(released Gemma 4 MTP drafters) or mtp_drafter (drafters `mlx-spec distill` trains for any target).
 
 `load_target` and `load_drafter` take a local folder (Hugging Face layout as `save_pretrained`
 writes it, or the MLX-converted layout, quantized or not) or a hub repo id. `validate_pair`
@@ -19,6 +20,7 @@ from . import configs
 from .errors import ConfigError, ModelFilesError, PairMismatchError
 from .model_config import (
     DRAFTER_TYPE,
+    DRAFTER_TYPES,
     FULL,
     SLIDING,
     TARGET_TYPES,
@@ -28,7 +30,7 @@ from .model_config import (
     read_config,
     text_config_of,
 )
-from .models import gemma4_assistant
+from .models import gemma4_assistant, mtp_drafter
 
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
 
@@ -99,16 +101,17 @@ def _read_weights(path: Path) -> dict[str, mx.array]:
 
 
 def load_target(path_or_repo: str | os.PathLike, lazy: bool = False) -> LoadedModel:
-    """Load a Gemma 4 target through mlx-lm (its gemma4 / gemma4_text model, quantized or not)."""
+    """Load a target through mlx-lm: Gemma 4 (gemma4 / gemma4_text, quantized or not), or any other
+    mlx-lm decoder (llama, gemma3_text, ...) for drafters trained with `mlx-spec distill`."""
     from mlx_lm.utils import load_model
 
     path = resolve_path(path_or_repo)
     raw = read_config(path)
     model_type = raw.get("model_type")
-    if model_type == DRAFTER_TYPE:
-        raise ConfigError(f"{path_or_repo} is a gemma4_assistant drafter, not a target: pass it as the drafter and a Gemma 4 model as the target.")
-    if model_type not in TARGET_TYPES:
-        raise ConfigError(f"{path_or_repo} is a {model_type!r} model; mlx-spec speeds up Gemma 4 targets ({', '.join(TARGET_TYPES)}).")
+    if model_type in DRAFTER_TYPES:
+        raise ConfigError(f"{path_or_repo} is a {model_type} drafter, not a target: pass it as the drafter and its target model as the target.")
+    if model_type not in TARGET_TYPES and not _mlx_lm_supports(model_type):
+        raise ConfigError(f"{path_or_repo} is a {model_type!r} model, which mlx-lm cannot load; mlx-spec speeds up Gemma 4 ({', '.join(TARGET_TYPES)}) and mlx-lm decoders.")
     config = normalize_config(raw, f"{path}/config.json")
     # mlx-lm's gemma4 wrapper copies a top-level vocab_size (default 262144) into the text config.
     overrides = {"text_config": config["text_config"], "vocab_size": config["text_config"].get("vocab_size", 262144)} if "text_config" in config else {
@@ -127,14 +130,33 @@ def load_target(path_or_repo: str | os.PathLike, lazy: bool = False) -> LoadedMo
     return LoadedModel(model, config, path, str(path_or_repo))
 
 
+def _mlx_lm_supports(model_type: Optional[str]) -> bool:
+    from mlx_lm.utils import _get_classes
+
+    try:
+        _get_classes({"model_type": model_type})
+        return True
+    except (ValueError, ImportError, TypeError):
+        return False
+
+
 def load_drafter(path_or_repo: str | os.PathLike) -> LoadedModel:
-    """Load a gemma4_assistant drafter (Hugging Face or MLX-converted/quantized weights)."""
+    """Load a drafter: gemma4_assistant (Hugging Face or MLX-converted/quantized weights), or an
+    mlx_spec_mtp drafter trained by `mlx-spec distill`."""
     path = resolve_path(path_or_repo)
     raw = read_config(path)
+    if raw.get("model_type") == mtp_drafter.MODEL_TYPE:
+        weights = _read_weights(path)
+        try:
+            module = mtp_drafter.build(raw, weights)
+        except (ValueError, KeyError, TypeError) as e:
+            raise ModelFilesError(f"the weights in {path} do not match its config.json ({_short(e)}); retrain or re-copy the drafter.") from None
+        return LoadedModel(module, raw, path, str(path_or_repo))
     if raw.get("model_type") != DRAFTER_TYPE:
         raise ConfigError(
-            f"{path_or_repo} is a {raw.get('model_type')!r} model, not a Gemma 4 MTP drafter "
-            f"(model_type {DRAFTER_TYPE!r}, e.g. google/gemma-4-E2B-it-assistant)."
+            f"{path_or_repo} is a {raw.get('model_type')!r} model, not a drafter: pass a Gemma 4 MTP "
+            f"drafter (model_type {DRAFTER_TYPE!r}, e.g. google/gemma-4-E2B-it-assistant) or one trained "
+            f"with `mlx-spec distill` ({mtp_drafter.MODEL_TYPE!r})."
         )
     config = normalize_config(raw, f"{path}/config.json")
     validate_drafter_config(config, str(path_or_repo))
@@ -180,6 +202,20 @@ def validate_drafter_config(config: dict, name: str) -> None:
 
 def validate_pair(target: LoadedModel, drafter: LoadedModel) -> None:
     """Raise PairMismatchError unless `drafter` was made for `target` (same width, vocab, KV geometry)."""
+    if drafter.config.get("model_type") == mtp_drafter.MODEL_TYPE:
+        problems = mtp_drafter.check_target(drafter.config, target.module, target.name, drafter.name)
+        if problems:
+            trained_for = (drafter.config.get("target") or {}).get("name", "another model")
+            raise PairMismatchError(
+                f"drafter {drafter.name} was trained for {trained_for}, not {target.name} ({'; '.join(problems)}): "
+                f"train one for this target with `mlx-spec distill --target {target.name} --data FILES --out DIR`."
+            )
+        return
+    if target.config.get("model_type") not in TARGET_TYPES:
+        raise PairMismatchError(
+            f"{drafter.name} is a Gemma 4 assistant, but {target.name} is a {target.config.get('model_type')!r} model: "
+            f"train a drafter for it with `mlx-spec distill --target {target.name} --data FILES --out DIR`."
+        )
     check_pair(target.config, drafter.config, target.name, drafter.name)
 
 
@@ -235,18 +271,39 @@ def default_drafter(model: str) -> Optional[str]:
     return None
 
 
+def model_folders(model: str | os.PathLike) -> tuple[str, Optional[str]]:
+    """(target, drafter or None) for what the user named: a demo model's name (after `mlx-spec
+    demo-models`), a folder holding `target/` and `drafter/` (what demo-models writes), or a target."""
+    from .demo_models import DEMOS, demo_home
+
+    path = Path(model).expanduser()
+    if not path.exists() and str(model) in DEMOS:
+        path = demo_home() / str(model)
+        if not path.exists():
+            raise ModelFilesError(f"{model} is a demo model that is not converted yet: run `mlx-spec demo-models` first.")
+    if (path / "target").is_dir() and not (path / "config.json").exists():
+        drafter = path / "drafter"
+        return str(path / "target"), (str(drafter) if (drafter / "config.json").exists() else None)
+    return str(model), None
+
+
 def load_pair(model: str | os.PathLike, drafter: str | os.PathLike | None = None, lazy: bool = False) -> SpeculativeModel:
-    """Load a target and its drafter and check that they fit. With drafter None, use the released
-    assistant for a released target's hub id; a local target needs an explicit drafter."""
+    """Load a target and its drafter and check that they fit. With drafter None, use the drafter
+    beside a demo target, or the released assistant for a released target's hub id; another local
+    target needs an explicit drafter."""
+    model, beside = model_folders(model)
     target = load_target(model, lazy=lazy)
-    drafter = drafter if drafter is not None else default_drafter(str(model))
+    drafter = drafter if drafter is not None else (beside or default_drafter(str(model)))
     if drafter is None:
         raise ModelFilesError(
-            f"no drafter given for {model}: pass the matching gemma4_assistant folder or repo "
-            f"(drafter=... / --drafter). {configs.suggest_drafter(target.text_config, str(model))}"
+            f"no drafter given for {model}: pass the matching drafter folder or repo (drafter=... / --drafter). "
+            + (configs.suggest_drafter(target.text_config, str(model)) if target.config.get("model_type") in TARGET_TYPES
+               else f"Train one with `mlx-spec distill --target {model} --data FILES --out DIR`.")
         )
     loaded_drafter = load_drafter(drafter)
     validate_pair(target, loaded_drafter)
+    if isinstance(loaded_drafter.module, mtp_drafter.Model):
+        loaded_drafter.module.attach(target.module)
     return SpeculativeModel(target, loaded_drafter)
 
 

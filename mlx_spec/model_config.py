@@ -15,6 +15,7 @@ from .errors import ConfigError, ModelFilesError
 
 TARGET_TYPES = ("gemma4", "gemma4_text")
 DRAFTER_TYPE = "gemma4_assistant"
+DRAFTER_TYPES = (DRAFTER_TYPE, "mlx_spec_mtp")
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 

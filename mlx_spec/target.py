@@ -1,11 +1,15 @@
-"""Thin adapter over mlx-lm's Gemma 4 model: what the speculative loop needs from the target.
+"""Thin adapter over an mlx-lm model: what the speculative loop needs from the target.
+
+Gemma 4 (gemma4 / gemma4_text) is the product's target; any mlx-lm decoder whose inner model maps
+(tokens, cache) to the final-normed hidden state also works (llama, gemma3_text, ...) with a
+drafter trained for it (models/mtp_drafter.py).
 
 - `forward(tokens, cache)` returns logits and the final-normed hidden state (the drafter's input),
   computed exactly as mlx-lm's `Model.__call__` computes logits (tied head, final softcapping).
 - `make_cache()` builds rollback-able caches: mlx-lm's `KVCache` for full layers and our
   `SlidingKVCache` for sliding layers, one per non-KV-shared layer as mlx-lm expects.
 - `shared_kv(cache, span)` reads, in place, the KV of the producer layers the drafter attends to
-  (the last non-shared full and sliding layer).
+  (the last non-shared layer of each attention type).
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ class Target:
         self.lm = getattr(module, "language_model", module)  # gemma4 wraps gemma4_text
         self.text_config = text_config
         args = self.lm.args
-        self.layer_types = list(args.layer_types)
-        self.num_cached_layers = args.num_hidden_layers - args.num_kv_shared_layers
-        self.sliding_window = args.sliding_window
-        self.producers = kv_producer_layers(text_config)
+        self.layer_types = layer_types_of(self.lm)
+        self.num_cached_layers = args.num_hidden_layers - int(getattr(args, "num_kv_shared_layers", 0) or 0)
+        self.sliding_window = getattr(args, "sliding_window", None)
+        self.producers = kv_producer_layers({"layer_types": self.layer_types, "num_kv_shared_layers": len(self.layer_types) - self.num_cached_layers})
         self.vocab_size = args.vocab_size
         self.hidden_size = args.hidden_size
-        self.max_context = int(text_config.get("max_position_embeddings") or 131072)
+        self.max_context = int(text_config.get("max_position_embeddings") or getattr(args, "max_position_embeddings", None) or 131072)
+        self.embed_scale = embed_scale_of(self.lm)
         # MoE targets: count the experts every forward loads (and group verify tokens by expert).
         self.moe = ExpertTracker.attach(self) if track_experts else None
 
@@ -44,14 +49,16 @@ class Target:
 
     def embed(self, tokens: mx.array) -> mx.array:
         """Scaled token embeddings, as the target's first layer (and the drafter) see them."""
-        return self.lm.model.embed_tokens(tokens) * self.lm.model.embed_scale
+        return self.lm.model.embed_tokens(tokens) * self.embed_scale
 
     def logits(self, hidden: mx.array) -> mx.array:
-        if self.lm.tie_word_embeddings:
+        """As the mlx-lm model computes them: tied or separate head, final softcapping if any."""
+        tied = getattr(self.lm, "tie_word_embeddings", getattr(self.lm.args, "tie_word_embeddings", True))
+        if tied or "lm_head" not in self.lm:
             out = self.lm.model.embed_tokens.as_linear(hidden)
         else:
             out = self.lm.lm_head(hidden)
-        if self.lm.final_logit_softcapping is not None:
+        if getattr(self.lm, "final_logit_softcapping", None) is not None:
             out = logit_softcap(self.lm.final_logit_softcapping, out)
         return out
 
@@ -67,7 +74,27 @@ class Target:
 
     def shared_kv(self, cache: list, sliding_span: int) -> dict[str, tuple[mx.array, mx.array]]:
         """The producer layers' KV the drafter reads: all full keys, the newest `sliding_span` sliding keys."""
-        return {
-            FULL: full_kv(cache[self.producers[FULL]]),
-            SLIDING: cache[self.producers[SLIDING]].recent(sliding_span),
-        }
+        kv = {}
+        if FULL in self.producers:
+            kv[FULL] = full_kv(cache[self.producers[FULL]])
+        if SLIDING in self.producers:
+            kv[SLIDING] = cache[self.producers[SLIDING]].recent(sliding_span)
+        return kv
+
+
+def layer_types_of(lm: nn.Module) -> list[str]:
+    """Per layer: FULL or SLIDING attention (config's layer_types, Gemma 3's is_sliding, else all full)."""
+    types = getattr(lm.args, "layer_types", None)
+    if types:
+        return list(types)
+    return [SLIDING if getattr(layer.self_attn, "is_sliding", False) else FULL for layer in lm.model.layers]
+
+
+def embed_scale_of(lm: nn.Module):
+    """The factor the model applies to token embeddings before its first layer."""
+    scale = getattr(lm.model, "embed_scale", None)
+    if scale is not None:
+        return scale
+    if str(getattr(lm.args, "model_type", "")).startswith("gemma"):  # Gemma 1-3 scale inside __call__
+        return mx.array(lm.args.hidden_size**0.5, mx.bfloat16).astype(mx.float32)
+    return 1.0
