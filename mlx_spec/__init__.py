@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 
 
 def load(model: str | os.PathLike, drafter: Optional[str | os.PathLike] = None, lazy: bool = False):
-    """Load a Gemma 4 target and its MTP drafter, checked to fit each other.
+    """Load a target and its MTP drafter, checked to fit each other.
 
     `model` and `drafter` are local folders (Hugging Face or MLX layout) or hub ids; with no drafter
     the released assistant of a released target is used. Returns (model, tokenizer) as mlx-lm does,

@@ -1,0 +1,430 @@
+"""`mlx-spec distill`: train an MTP drafter (models/mtp_drafter.py) for any mlx-lm target.
+
+1. Data (`collect`): prompts cut from the user's text files (chat-wrapped when the tokenizer has a
+   chat template, every other batch), continued by the target's own greedy decoding in batches. One
+   pass records what the drafter will read at inference: the target's final hidden state at every
+   position, the KV of the layers the drafter attends to, and the target's greedy token after every
+   position. Continuations are the target's own output, so along them the multi-token labels are
+   exactly what the verify step would accept (the prompt part is teacher-forced text).
+2. Training (`train`): the objective the drafter is used with. From every position p at once:
+   step 1 reads [embed(x_p) ; target hidden at p - 1], step j > 1 [embed(x_{p+j-1}) ; the drafter's
+   own hidden of step j - 1], all at RoPE position p, attending to the target's keys < p; each step
+   is scored (cross-entropy over the head's tokens) against the target's greedy token after
+   x_{p+j-1}. Unrolled k steps as at inference, gradients through all of them.
+3. Held-out evaluation (`evaluate`): on the held-out continuations, the drafter drafts k tokens
+   free-running (its own tokens and hidden states) from every position, and each draft position's
+   acceptance is what greedy verification would measure: the fraction of drafts at position i that
+   match the target's continuation, given that the ones before matched.
+
+Checkpoints (weights, optimizer, step) let an interrupted run resume; a time budget stops training
+and still writes the drafter.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_unflatten
+from mlx_lm.models.cache import KVCache
+
+from .errors import MlxSpecError
+from .model_config import FULL, SLIDING
+from .models import mtp_drafter
+from .target import Target
+
+TEXT_SUFFIXES = {".txt", ".rst", ".md", ".text", ".py", ".c", ".h", ".html", ".tex", ""}
+CHAT_INSTRUCTIONS = ["Explain this:", "Summarize the following text.", "Continue this text:", "What does this mean?", "Rewrite this more simply:"]
+
+
+@dataclass
+class DistillConfig:
+    seq_len: int = 256
+    prompt_len: int = 48
+    collect_batch: int = 16
+    tokens: int = 200_000  # collected (prompt + continuation) tokens, training + held-out
+    heldout: float = 0.05
+    draft_tokens: int = 4  # k: unrolled steps
+    head_size: int = 8192  # target tokens the head scores (0: whole vocabulary)
+    layers: Optional[int] = None
+    hidden_size: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    batch: int = 8
+    steps: int = 2000
+    lr: float = 1e-3
+    warmup: int = 50
+    time_budget: Optional[float] = None  # minutes of training
+    checkpoint_every: int = 100
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Corpus
+
+
+def read_texts(paths: Iterable[str | Path]) -> list[str]:
+    """Text of every file under `paths` (folders walked; .gz decompressed; binary files skipped)."""
+    texts = []
+    for root in paths:
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise MlxSpecError(f"--data {root} does not exist: pass text files or folders of them.")
+        files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for file in files:
+            suffix = file.suffixes[-2] if file.suffix == ".gz" and len(file.suffixes) > 1 else ("" if file.suffix == ".gz" else file.suffix)
+            if suffix.lower() not in TEXT_SUFFIXES:
+                continue
+            try:
+                raw = gzip.decompress(file.read_bytes()) if file.suffix == ".gz" else file.read_bytes()
+            except (OSError, EOFError):
+                continue
+            if b"\0" in raw[:4096]:
+                continue
+            text = raw.decode("utf-8", errors="ignore").strip()
+            if len(text) > 200:
+                texts.append(text)
+    if not texts:
+        raise MlxSpecError(f"no text found in {', '.join(map(str, paths))}: pass .txt/.rst/.md files (or .gz of them) or folders.")
+    return texts
+
+
+def chat_frame(tokenizer, instruction: str) -> Optional[tuple[list[int], list[int]]]:
+    """Token ids before and after the user's text in a one-turn chat prompt (None: no chat template)."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    marker = "\u2063MLXSPEC\u2063"
+    text = tokenizer.apply_chat_template([{"role": "user", "content": f"{instruction}\n\n{marker}"}], add_generation_prompt=True, tokenize=False)
+    before, _, after = text.partition(marker)
+    return tokenizer.encode(before, add_special_tokens=False), tokenizer.encode(after, add_special_tokens=False)
+
+
+def make_prompts(texts: list[str], tokenizer, n: int, length: int, rng: np.random.RandomState, chat: bool) -> np.ndarray:
+    """n prompts of exactly `length` tokens: a random stretch of a random document, chat-wrapped if asked."""
+    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "bos_token_id", None) is not None and tokenizer.encode("a")[:1] == [tokenizer.bos_token_id] else []
+    frame = chat_frame(tokenizer, CHAT_INSTRUCTIONS[rng.randint(len(CHAT_INSTRUCTIONS))]) if chat else None
+    head, tail = (frame if frame is not None else (bos, []))
+    body = length - len(head) - len(tail)
+    if body < 8:
+        raise MlxSpecError(f"prompt length {length} is too short for the chat template ({len(head) + len(tail)} tokens).")
+    prompts = np.zeros((n, length), dtype=np.int32)
+    for i in range(n):
+        for _ in range(20):
+            text = texts[rng.randint(len(texts))]
+            start = rng.randint(max(1, len(text) - 8 * body))
+            ids = tokenizer.encode(text[start : start + 8 * body], add_special_tokens=False)[1:]  # drop a cut first token
+            if len(ids) >= body:
+                break
+        ids = (ids + [ids[-1]] * body)[:body] if ids else [0] * body
+        prompts[i] = head + ids[:body] + tail
+    return prompts
+
+
+# ----------------------------------------------------------------------------------------------
+# Collection: the target's greedy continuations and what the drafter reads along them
+
+
+@dataclass
+class Shard:
+    tokens: np.ndarray  # [B, T] int32
+    hidden: np.ndarray  # [B, T - 1, H] float16: target final hidden at positions 0 .. T - 2
+    labels: np.ndarray  # [B, T - 1] int32: target greedy token after positions 0 .. T - 2
+    kv: dict  # layer type -> (K, V) [B, kv_heads, T - 1, D] float16
+    generated_from: int  # first position whose token the target generated
+
+    def save(self, path: Path) -> None:
+        arrays = {"tokens": self.tokens, "hidden": self.hidden, "labels": self.labels, "generated_from": np.array(self.generated_from)}
+        for layer_type, (k, v) in self.kv.items():
+            arrays[f"k.{layer_type}"], arrays[f"v.{layer_type}"] = k, v
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        tmp.rename(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "Shard":
+        z = np.load(path)
+        kv = {name[2:]: (z[name], z["v." + name[2:]]) for name in z.files if name.startswith("k.")}
+        return cls(z["tokens"], z["hidden"], z["labels"], kv, int(z["generated_from"]))
+
+
+def collect_shard(target: Target, prompts: np.ndarray, seq_len: int) -> Shard:
+    """Greedy-continue a batch of equal-length prompts to seq_len tokens, recording hidden, labels, KV."""
+    B, P = prompts.shape
+    # Every key is kept (the drafter trains on the whole sequence); mlx-lm's KVCache windows the
+    # sliding layers' masks itself, so the target computes exactly what it does when decoding.
+    cache = [KVCache() for _ in range(target.num_cached_layers)]
+    logits, hidden = target.forward(mx.array(prompts), cache)
+    hiddens, labels = [hidden], [mx.argmax(logits, axis=-1)]
+    tokens = [mx.array(prompts)]
+    nxt = labels[0][:, -1:]
+    for _ in range(seq_len - P):
+        tokens.append(nxt)
+        if sum(t.shape[1] for t in tokens) == seq_len:
+            break
+        logits, hidden = target.forward(nxt, cache)
+        nxt = mx.argmax(logits, axis=-1)
+        hiddens.append(hidden)
+        labels.append(nxt)
+        mx.async_eval(nxt)
+    toks = np.array(mx.concatenate(tokens, axis=1))
+    kv = {}
+    for layer_type, index in target.producers.items():
+        c = cache[index]
+        kv[layer_type] = tuple(np.array(a[..., : seq_len - 1, :].astype(mx.float16)) for a in (c.keys, c.values))
+    return Shard(toks, np.array(mx.concatenate(hiddens, axis=1).astype(mx.float16)), np.array(mx.concatenate(labels, axis=1)).astype(np.int32), kv, P)
+
+
+def collect(target: Target, tokenizer, texts: list[str], cfg: DistillConfig, folder: Path, progress: bool = True) -> list[Path]:
+    """Write shards to `folder` until cfg.tokens tokens are collected (existing shards are kept: resume)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    per_shard = cfg.collect_batch * cfg.seq_len
+    wanted = max(2, math.ceil(cfg.tokens / per_shard))
+    shards = sorted(folder.glob("shard_*.npz"))
+    chat = getattr(tokenizer, "chat_template", None) is not None
+    bar = _bar(wanted, "collecting target continuations", "shard", progress, initial=len(shards))
+    for i in range(len(shards), wanted):
+        rng = np.random.RandomState(cfg.seed * 100003 + i)
+        prompts = make_prompts(texts, tokenizer, cfg.collect_batch, cfg.prompt_len, rng, chat and i % 2 == 1)
+        shard = collect_shard(target, prompts, cfg.seq_len)
+        path = folder / f"shard_{i:05d}.npz"
+        shard.save(path)
+        shards.append(path)
+        bar.update(1)
+    bar.close()
+    return shards[:wanted]
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def head_tokens(shards: list[Shard], size: int, vocab: int, always: Iterable[int] = ()) -> tuple[list[int], float]:
+    """The `size` most frequent target tokens in the labels (+ `always`), and the share of labels they cover."""
+    counts = np.zeros(vocab, dtype=np.int64)
+    for s in shards:
+        np.add.at(counts, s.labels.reshape(-1), 1)
+    if not size or size >= vocab:
+        return [], 1.0
+    priority = counts.astype(np.float64)
+    priority[list(always)] = np.inf
+    top = np.argsort(-priority, kind="stable")[:size]
+    return sorted(int(t) for t in top), float(counts[top].sum()) / max(1, int(counts.sum()))
+
+
+class Batches:
+    """Training/eval arrays for the k-step objective from stacked shards."""
+
+    def __init__(self, shards: list[Shard], target: Target, head_ids: list[int], k: int, window: Optional[int]):
+        self.tokens = np.concatenate([s.tokens for s in shards])
+        self.hidden = np.concatenate([s.hidden for s in shards])
+        self.labels = np.concatenate([s.labels for s in shards])
+        self.kv = {t: tuple(np.concatenate([s.kv[t][i] for s in shards]) for i in (0, 1)) for t in shards[0].kv}
+        self.generated_from = shards[0].generated_from
+        self.k, self.target = k, target
+        vocab = target.vocab_size
+        self.lookup = np.full(vocab, -1, dtype=np.int32)
+        if head_ids:
+            self.lookup[np.array(head_ids)] = np.arange(len(head_ids), dtype=np.int32)
+        else:
+            self.lookup[:] = np.arange(vocab, dtype=np.int32)
+        S = self.hidden.shape[1]  # stored positions 0 .. S - 1; queries p = 1 .. S - 1
+        p = np.arange(1, S)[:, None]
+        key = np.arange(S)[None]
+        self.masks = {FULL: mx.array(key < p)}
+        if SLIDING in self.kv:
+            self.masks[SLIDING] = mx.array((key < p) & (key >= p - (window or S)))
+
+    def __len__(self) -> int:
+        return self.tokens.shape[0]
+
+    def get(self, rows: np.ndarray):
+        """(step token embeddings [k, B, L, H], first hidden [B, L, H], KV, head labels [k, B, L], weights [k, B, L])."""
+        S = self.hidden.shape[1]
+        L = S - 1
+        toks, labs = self.tokens[rows], self.labels[rows]
+        B = len(rows)
+        step_tokens = np.zeros((self.k, B, L), dtype=np.int32)
+        step_labels = np.zeros((self.k, B, L), dtype=np.int32)
+        weights = np.zeros((self.k, B, L), dtype=np.float32)
+        for j in range(self.k):
+            n = L - j  # positions p with p + j <= S - 1
+            step_tokens[j, :, :n] = toks[:, 1 + j : 1 + j + n]
+            head = self.lookup[labs[:, 1 + j : 1 + j + n]]
+            step_labels[j, :, :n] = np.maximum(head, 0)
+            weights[j, :, :n] = head >= 0
+        embeds = self.target.embed(mx.array(step_tokens))
+        kv = {t: (mx.array(k[rows]).astype(mx.float32), mx.array(v[rows]).astype(mx.float32)) for t, (k, v) in self.kv.items()}
+        return embeds, mx.array(self.hidden[rows, :L]).astype(mx.float32), kv, mx.array(step_labels), mx.array(weights)
+
+
+def k_step_loss(model: mtp_drafter.Model, embeds, hidden, kv, labels, weights, masks):
+    total, count = mx.array(0.0), mx.array(0.0)
+    h = hidden
+    for j in range(embeds.shape[0]):
+        h = model.hidden_state(mx.concatenate([embeds[j], h], axis=-1), 1, kv, masks)
+        ce = nn.losses.cross_entropy(model.head_logits(h), labels[j], reduction="none")
+        total = total + (ce * weights[j]).sum()
+        count = count + weights[j].sum()
+    return total / mx.maximum(count, 1.0)
+
+
+def free_running_acceptance(model: mtp_drafter.Model, data: Batches, rows: np.ndarray, k: int) -> dict:
+    """Greedy acceptance per draft position on continuations the target generated (see module doc)."""
+    head_ids = np.array(model.head_ids) if model.args.head_size else None
+    drafted, accepted = np.zeros(k), np.zeros(k)
+    for start in range(0, len(rows), 4):
+        r = rows[start : start + 4]
+        embeds, hidden, kv, _, _ = data.get(r)
+        S = data.hidden.shape[1]
+        toks = data.tokens[r]
+        L = S - 1
+        p = np.arange(1, S)
+        alive = np.broadcast_to(p >= data.generated_from - 1, (len(r), L)).copy()  # x_{p+1} generated by the target
+        token = mx.array(toks[:, 1:S])
+        h = hidden
+        for j in range(k):
+            valid = p + j + 1 <= S
+            h = model.hidden_state(mx.concatenate([data.target.embed(token), h], axis=-1), 1, kv, data.masks)
+            best = np.array(mx.argmax(model.head_logits(h), axis=-1))
+            draft = head_ids[best] if head_ids is not None else best
+            truth = np.zeros_like(draft)
+            truth[:, valid] = toks[:, p[valid] + j + 1]
+            counted = alive & valid
+            drafted[j] += counted.sum()
+            ok = counted & (draft == truth)
+            accepted[j] += ok.sum()
+            alive = ok
+            token = mx.array(draft.astype(np.int32))
+    acceptance = [float(a / d) if d else 0.0 for a, d in zip(accepted, drafted)]
+    chain = np.cumprod(acceptance)
+    return {"acceptance_per_position": acceptance, "drafted_per_position": drafted.astype(int).tolist(),
+            "expected_accepted_at_k": {str(i + 1): float(chain[: i + 1].sum()) for i in range(k)}}
+
+
+@dataclass
+class Report:
+    target: str
+    data_files: list[str]
+    collected_tokens: int = 0
+    train_sequences: int = 0
+    heldout_sequences: int = 0
+    head_size: int = 0
+    head_coverage: float = 0.0
+    steps: int = 0
+    collect_seconds: float = 0.0
+    train_seconds: float = 0.0
+    final_loss: float = float("nan")
+    heldout: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)
+
+
+def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: list[str], out: Path,
+            cfg: DistillConfig, progress: bool = True, echo: Callable[[str], None] = print) -> Report:
+    """Collect, train, evaluate; write the drafter to `out` (work files under out/.distill)."""
+    out = Path(out).expanduser()
+    work = out / ".distill"
+    target = Target(target_module, {}, track_experts=False)
+    window = target.sliding_window if SLIDING in target.producers else None
+    report = Report(target_name, [str(f) for f in data_files], config=asdict(cfg))
+    t0 = time.perf_counter()
+    texts = read_texts(data_files)
+    paths = collect(target, tokenizer, texts, cfg, work / "data", progress)
+    report.collect_seconds = time.perf_counter() - t0
+    shards = [Shard.load(p) for p in paths]
+    n_heldout = max(1, int(round(len(shards) * cfg.heldout)))
+    train_shards, heldout_shards = shards[:-n_heldout], shards[-n_heldout:]
+    report.collected_tokens = sum(s.tokens.size for s in shards)
+    eos = list(getattr(tokenizer, "eos_token_ids", None) or [])
+    head_ids, report.head_coverage = head_tokens(train_shards, cfg.head_size, target.vocab_size, eos)
+    report.head_size = len(head_ids)
+    model = mtp_drafter.new(target_module, target_name, cfg.layers, cfg.hidden_size, cfg.intermediate_size, head_ids)
+    model.attach(target_module)
+    model.freeze(keys=["head_ids"], strict=False)
+    train = Batches(train_shards, target, head_ids, cfg.draft_tokens, window)
+    heldout = Batches(heldout_shards, target, head_ids, cfg.draft_tokens, window)
+    report.train_sequences, report.heldout_sequences = len(train), len(heldout)
+    echo(f"data: {report.collected_tokens} tokens ({len(train)} training / {len(heldout)} held-out sequences of {cfg.seq_len}); "
+         f"head: {report.head_size or 'all'} tokens covering {report.head_coverage:.1%} of the target's greedy tokens")
+
+    schedule = optim.join_schedules(
+        [optim.linear_schedule(cfg.lr * 0.01, cfg.lr, cfg.warmup), optim.cosine_decay(cfg.lr, max(1, cfg.steps - cfg.warmup), cfg.lr * 0.05)],
+        [cfg.warmup],
+    )
+    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.01)
+    step, elapsed = _resume(model, optimizer, work / "checkpoint")
+    if step:
+        echo(f"resuming at step {step} ({elapsed / 60:.1f} min trained)")
+    loss_and_grad = nn.value_and_grad(model, k_step_loss)
+    rng = np.random.RandomState(cfg.seed + step)
+    bar = _bar(cfg.steps, "training drafter", "step", progress, initial=step)
+    start, losses = time.perf_counter() - elapsed, []
+    while step < cfg.steps:
+        if cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget * 60:
+            echo(f"time budget of {cfg.time_budget} min reached at step {step}")
+            break
+        rows = rng.choice(len(train), size=min(cfg.batch, len(train)), replace=False)
+        embeds, hidden, kv, labels, weights = train.get(rows)
+        loss, grads = loss_and_grad(model, embeds, hidden, kv, labels, weights, train.masks)
+        optimizer.update(model, grads)
+        mx.eval(model.parameters(), optimizer.state, loss)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            _checkpoint(model, optimizer, step, time.perf_counter() - start, work / "checkpoint")
+    bar.close()
+    report.steps = step
+    report.train_seconds = time.perf_counter() - start
+    report.final_loss = float(np.mean(losses[-20:])) if losses else float("nan")
+    _checkpoint(model, optimizer, step, report.train_seconds, work / "checkpoint")
+    report.heldout = free_running_acceptance(model, heldout, np.arange(len(heldout)), cfg.draft_tokens)
+    echo("held-out greedy acceptance per draft position: " + ", ".join(f"{a:.2f}" for a in report.heldout["acceptance_per_position"]))
+    write_drafter(model, out, report)
+    return report
+
+
+def write_drafter(model: mtp_drafter.Model, out: Path, report: Report) -> None:
+    """config.json + model.safetensors + distill.json, written next to each other then moved in."""
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / ".distill" / "drafter.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    mtp_drafter.save(model, tmp)
+    (tmp / "distill.json").write_text(json.dumps(asdict(report), indent=2) + "\n")
+    for name in ("config.json", "model.safetensors", "distill.json"):
+        (tmp / name).replace(out / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _checkpoint(model, optimizer, step: int, elapsed: float, folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    mx.save_safetensors(str(folder / "weights.tmp.safetensors"), dict(tree_flatten(model.trainable_parameters())))
+    mx.save_safetensors(str(folder / "optimizer.tmp.safetensors"), dict(tree_flatten(optimizer.state)))
+    (folder / "weights.tmp.safetensors").replace(folder / "weights.safetensors")
+    (folder / "optimizer.tmp.safetensors").replace(folder / "optimizer.safetensors")
+    (folder / "state.json").write_text(json.dumps({"step": step, "elapsed": elapsed}))
+
+
+def _resume(model, optimizer, folder: Path) -> tuple[int, float]:
+    if not (folder / "state.json").exists():
+        return 0, 0.0
+    state = json.loads((folder / "state.json").read_text())
+    model.load_weights(list(mx.load(str(folder / "weights.safetensors")).items()), strict=False)
+    optimizer.init(model.trainable_parameters())
+    optimizer.state = tree_unflatten(list(mx.load(str(folder / "optimizer.safetensors")).items()))
+    return int(state["step"]), float(state["elapsed"])
+
+
+def _bar(total: int, desc: str, unit: str, enabled: bool, initial: int = 0):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, disable=not enabled)

@@ -1,0 +1,240 @@
+"""The generic MTP drafter and `mlx-spec distill` on tiny non-Gemma-4 targets (llama, gemma3_text).
+
+The targets are random mlx-lm models in their on-disk layout with the tiny checkpoints' tokenizer.
+Distillation runs a smoke version (seconds); the drafter it writes must load through the public
+API, fit only its own target, and leave greedy output identical to plain decoding.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+
+from mlx_spec import generate, load
+from mlx_spec.distill import DistillConfig, distill, free_running_acceptance, read_texts
+from mlx_spec.errors import MlxSpecError, PairMismatchError
+from mlx_spec.loading import load_target, load_tokenizer
+from mlx_spec.model_config import FULL, SLIDING
+from mlx_spec.models import mtp_drafter
+from mlx_spec.speculative import speculative_generate_step
+from mlx_spec.target import Target
+
+CONFIGS = {
+    "llama": dict(model_type="llama", hidden_size=48, num_hidden_layers=3, intermediate_size=96, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=12, rms_norm_eps=1e-5, vocab_size=512, rope_theta=10000.0,
+                  rope_traditional=True, tie_word_embeddings=True, max_position_embeddings=2048),
+    "gemma3": dict(model_type="gemma3_text", hidden_size=48, num_hidden_layers=4, intermediate_size=96, num_attention_heads=2,
+                   num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6, vocab_size=512, rope_theta=1e6,
+                   rope_local_base_freq=10000.0, sliding_window=8, sliding_window_pattern=2, query_pre_attn_scalar=16,
+                   max_position_embeddings=2048),
+}
+CORPUS = (
+    "Speculative decoding drafts several tokens with a small model and verifies them with the large one in one pass. "
+    "The output is the same as plain decoding, token for token, because every draft is checked. "
+) * 20
+
+
+def write_target(kind: str, out: Path, tokenizer_from: Path) -> Path:
+    from mlx_lm.utils import _get_classes
+
+    config = CONFIGS[kind]
+    model_class, args_class = _get_classes(config)
+    mx.random.seed(7)
+    model = model_class(args_class.from_dict(config))
+    weights = dict(tree_flatten(model.parameters()))
+    weights.pop("lm_head.weight", None)
+    out.mkdir(parents=True)
+    mx.save_safetensors(str(out / "model.safetensors"), weights)
+    (out / "config.json").write_text(json.dumps(config))
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(tokenizer_from / name, out / name)
+    return out
+
+
+@pytest.fixture(scope="module")
+def targets(tiny, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("generic")
+    return {kind: write_target(kind, root / kind, tiny / "dense" / "target") for kind in CONFIGS}
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("corpus")
+    (folder / "a.txt").write_text(CORPUS)
+    (folder / "b.rst").write_text(CORPUS[::-1])
+    (folder / "binary.txt").write_bytes(b"\0\1\2" * 100)
+    return folder
+
+
+SMOKE = dict(seq_len=64, prompt_len=44, collect_batch=4, tokens=4 * 64 * 3, draft_tokens=3, head_size=64, batch=4,
+             steps=30, lr=3e-3, warmup=5, checkpoint_every=10)
+
+
+@pytest.fixture(scope="module")
+def distilled(targets, corpus, tmp_path_factory) -> dict[str, tuple[Path, object]]:
+    out = {}
+    for kind, path in targets.items():
+        loaded = load_target(path)
+        tokenizer = load_tokenizer(loaded.path, loaded.config)
+        folder = tmp_path_factory.mktemp(f"drafter-{kind}")
+        report = distill(loaded.module, str(path), tokenizer, [str(corpus)], folder, DistillConfig(**SMOKE), progress=False, echo=lambda _: None)
+        out[kind] = (folder, report)
+    return out
+
+
+def test_generic_target_adapter(targets):
+    llama = Target(load_target(targets["llama"]).module, {})
+    gemma3 = Target(load_target(targets["gemma3"]).module, {})
+    assert llama.producers == {FULL: 2} and llama.embed_scale == 1.0
+    assert gemma3.layer_types == [SLIDING, FULL, SLIDING, FULL] and gemma3.producers == {SLIDING: 2, FULL: 3}
+    ids = mx.array([[2, 17, 9, 40, 41, 42, 43, 44, 45, 46, 47, 48]])  # past the window of 8
+    for target in (llama, gemma3):
+        logits, _ = target.forward(ids, target.make_cache())
+        assert mx.allclose(logits, target.module(ids), atol=1e-5)
+
+
+def test_new_drafter_reads_one_layer_per_attention_type(targets):
+    llama = load_target(targets["llama"]).module
+    gemma3 = load_target(targets["gemma3"]).module
+    d = mtp_drafter.new(llama, "llama")
+    assert [(s.reads_layer, s.layer_type, s.num_key_value_heads) for s in d.args.layer_args] == [(2, FULL, 2)]
+    d = mtp_drafter.new(gemma3, "gemma3", head_ids=[1, 5, 9])
+    assert [(s.reads_layer, s.layer_type) for s in d.args.layer_args] == [(2, SLIDING), (3, FULL)]
+    assert d.sliding_span == 8
+    d.attach(gemma3)
+    # The head reuses the target's table: logits over head_ids equal hidden @ E[ids]^T, -inf elsewhere.
+    h = mx.random.normal((1, 1, 48))
+    logits = d.logits(h)
+    E = gemma3.model.embed_tokens.weight
+    assert mx.allclose(logits[0, 0, mx.array([1, 5, 9])], (h @ E[mx.array([1, 5, 9])].T)[0, 0], atol=1e-5)
+    assert mx.isinf(logits[0, 0, 0]).item() and mx.isinf(logits).sum().item() == 512 - 3
+
+
+def test_distill_writes_a_drafter_that_learned_and_loads(distilled):
+    for kind, (folder, report) in distilled.items():
+        for name in ("config.json", "model.safetensors", "distill.json"):
+            assert (folder / name).exists(), (kind, name)
+        saved = json.loads((folder / "distill.json").read_text())
+        assert saved["steps"] == 30 and saved["collected_tokens"] == 3 * 4 * 64
+        assert 0 < report.head_coverage <= 1 and report.head_size == 64
+        acc = report.heldout["acceptance_per_position"]
+        assert len(acc) == 3 and all(0 <= a <= 1 for a in acc)
+        assert (folder / ".distill" / "checkpoint" / "state.json").exists()
+
+
+def test_distill_loss_decreases(targets, corpus, tmp_path):
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    losses = {}
+    for steps in (1, 40):
+        cfg = DistillConfig(**{**SMOKE, "steps": steps, "warmup": 1})
+        report = distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path / str(steps), cfg, progress=False, echo=lambda _: None)
+        losses[steps] = report.final_loss
+    assert losses[40] < 0.8 * losses[1], losses
+
+
+def test_distill_resumes_from_checkpoint(targets, corpus, tmp_path):
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    cfg = DistillConfig(**{**SMOKE, "steps": 10})
+    distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path, cfg, progress=False, echo=lambda _: None)
+    shards = sorted((tmp_path / ".distill" / "data").glob("shard_*.npz"))
+    stamp = [p.stat().st_mtime_ns for p in shards]
+    said = []
+    report = distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path, DistillConfig(**{**SMOKE, "steps": 15}), progress=False, echo=said.append)
+    assert report.steps == 15 and any("resuming at step 10" in s for s in said)
+    assert [p.stat().st_mtime_ns for p in shards] == stamp  # collected data reused, not recollected
+
+
+def test_time_budget_stops_training_and_still_writes(targets, corpus, tmp_path):
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    said = []
+    report = distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path, DistillConfig(**{**SMOKE, "steps": 10**6, "time_budget": 0.0}),
+                     progress=False, echo=said.append)
+    assert report.steps == 0 and any("time budget" in s for s in said)
+    assert (tmp_path / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3"])
+def test_distilled_pair_is_lossless_past_the_window(kind, targets, distilled, tmp_path):
+    folder, _ = distilled[kind]
+    pair, _ = load(str(targets[kind]), str(folder))
+    target = Target(pair.target.module, pair.target.text_config)
+    prompt = [2, 40, 41, 42, 43, 44, 45]
+    plain = list(speculative_generate_step(prompt, target, None, draft_tokens=0, max_tokens=60))
+    for k in (1, 3, 5):
+        spec = list(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=k, max_tokens=60))
+        assert spec == plain, (kind, k)
+
+
+def test_demo_layout_folder_finds_its_drafter(targets, distilled, tmp_path):
+    root = tmp_path / "demo"
+    root.mkdir()
+    shutil.copytree(targets["llama"], root / "target")
+    shutil.copytree(distilled["llama"][0], root / "drafter", ignore=shutil.ignore_patterns(".distill"))
+    pair, tokenizer = load(str(root))
+    assert isinstance(pair.drafter.module, mtp_drafter.Model)
+    text = generate(pair, tokenizer, "hello", max_tokens=8, draft_tokens=2)
+    assert isinstance(text, str)
+
+
+def test_drafter_for_another_target_is_refused(targets, distilled):
+    with pytest.raises(PairMismatchError, match="trained for .*mlx-spec distill"):
+        load(str(targets["gemma3"]), str(distilled["llama"][0]))
+
+
+def test_gemma4_assistant_on_a_generic_target_is_refused(tiny, targets):
+    with pytest.raises(PairMismatchError, match="Gemma 4 assistant.*distill"):
+        load(str(targets["llama"]), str(tiny / "dense" / "drafter"))
+
+
+def test_free_running_acceptance_of_a_perfect_oracle():
+    """A drafter that always drafts the continuation must score 1.0 at every position, a wrong one 0."""
+
+    class Data:
+        def __init__(self, tokens):
+            self.tokens = tokens
+            self.hidden = np.zeros((tokens.shape[0], tokens.shape[1] - 1, 4), np.float16)
+            self.generated_from = 3
+            self.masks = {}
+            self.target = type("T", (), {"embed": staticmethod(lambda t: mx.zeros((*t.shape, 4)))})()
+
+        def get(self, rows):
+            return None, mx.zeros((len(rows), self.hidden.shape[1] - 1, 4)), {}, None, None
+
+    tokens = np.arange(3, 3 + 2 * 12).reshape(2, 12).astype(np.int32)
+
+    class Oracle:
+        args = type("A", (), {"head_size": 0})()
+        head_ids = None
+        step = 0
+
+        def hidden_state(self, x, position, kv, masks):
+            self.step += 1
+            return x[..., 4:] + 1  # counts steps in the hidden state
+
+        def head_logits(self, h):
+            # Draft step j (h holds j + 1) from position p must give token p + j + 1 of its row; rows count up by one.
+            v = int(h[0, 0, 0].item())
+            want = mx.array(tokens[:, :1]) + mx.arange(1, 11)[None] + v
+            return (mx.arange(64)[None, None, :] == want[..., None]).astype(mx.float32)
+
+    result = free_running_acceptance(Oracle(), Data(tokens), np.arange(2), 3)
+    assert result["acceptance_per_position"] == [1.0, 1.0, 1.0]
+
+
+def test_read_texts_skips_binary_and_reports_missing(corpus, tmp_path):
+    texts = read_texts([corpus])
+    assert len(texts) == 2
+    with pytest.raises(MlxSpecError, match="does not exist"):
+        read_texts([tmp_path / "nope"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MlxSpecError, match="no text"):
+        read_texts([tmp_path / "empty"])
