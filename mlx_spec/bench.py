@@ -7,6 +7,9 @@ repeat, mean with a 95% confidence interval), mean accepted length, acceptance p
 forwards per token, drafter time share, expert loads per token (MoE), peak memory. Every result
 records the regime: device, MLX version, weight dtype, BLAS, and whether it looks compute-bound.
 
+Same-run peers (`peers`, mlx_spec/peers.py: mlx-lm plain, mlx-lm speculative, mlx-vlm MTP) run after our
+configurations on each prompt and repeat, greedy, with the same token count, after their own warm-up.
+
 Controlled acceptance (`alpha`): random-weight drafters are almost never accepted, so the real
 drafter runs at full cost but each proposal is replaced, with probability alpha, by the target's own
 greedy token from a precomputed plain run (greedy only). Every output containing it says so.
@@ -27,6 +30,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from . import peers as peer_runtime
 from .errors import MlxSpecError
 from .generate import policy_for_run, user_turn_tokens
 from .loading import SpeculativeModel
@@ -114,6 +118,8 @@ class Bench:
     repeats: int = 3
     alpha: Optional[float] = None
     runs: list[Run] = field(default_factory=list)
+    peers: list = field(default_factory=list)  # peers.Peer: other runtimes, run after ours on each prompt/repeat
+    peer_runs: dict = field(default_factory=dict)
 
     def _once(self, target, drafter, ids, config, plain_tokens=None, seed=0) -> tuple[list[int], SpecStats, float, float]:
         stats = SpecStats()
@@ -133,7 +139,7 @@ class Bench:
         drafter = self.model.drafter.module if self.model.drafter is not None else None
         if drafter is None:
             raise MlxSpecError("bench compares plain and speculative decoding: give a drafter.")
-        total = len(self.prompts) * self.repeats * (1 + len(self.configs))
+        total = len(self.prompts) * self.repeats * (1 + len(self.configs) + len(self.peers))
         bar = None
         if progress:
             from tqdm import tqdm
@@ -143,6 +149,8 @@ class Bench:
         self._once(target, drafter, warm, 0)
         for config in self.configs:
             self._once(target, drafter, warm, config)
+        for peer in self.peers:
+            peer_runtime.warm_up(peer, warm, self.max_tokens)
         for repeat in range(self.repeats):
             for index, prompt in enumerate(self.prompts):
                 plain = None
@@ -160,6 +168,13 @@ class Bench:
                         stats=stats.to_dict(), peak_memory_gb=peak,
                         same_as_plain=None if config == 0 else tokens == plain,
                     ))
+                    if bar is not None:
+                        bar.update(1)
+                plain_tps = next(r.decode_tps for r in self.runs[::-1] if r.config == "0")
+                for peer in self.peers:
+                    row = peer_runtime.record(peer, prompt["ids"], self.max_tokens, prompt["name"], repeat, plain, plain_tps)
+                    if row is not None:
+                        self.peer_runs.setdefault(peer.name, []).append(row)
                     if bar is not None:
                         bar.update(1)
         if bar is not None:
@@ -203,6 +218,7 @@ class Bench:
             "max_tokens": self.max_tokens,
             "repeats": self.repeats,
             "rows": rows,
+            "peers": [peer_runtime.summarize(p, self.peer_runs.get(p.name, [])) for p in self.peers],
             "runs": [r.__dict__ for r in self.runs],
         }
 
@@ -238,6 +254,7 @@ def markdown(result: dict) -> str:
         lines.append(f"| {r['config']} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {r['speedup']:.2f}{ci} | "
                      f"{r['mean_accepted_length']:.2f} | {acc} | {r['target_forwards_per_token']:.3f} | {r['drafter_time_share']:.2f} | "
                      f"{r['expert_loads_per_token']:.2f} | {r['peak_memory_gb']:.3f} | {lossless} |")
+    lines += peer_runtime.markdown_lines(result.get("peers", []))
     return "\n".join(lines) + "\n"
 
 

@@ -224,12 +224,16 @@ def bench(
     alpha: Optional[str] = typer.Option(None, "--alpha", help="Controlled acceptance, e.g. 0.5,0.7,0.9: drafts replaced by the target's own tokens with this probability."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
     out: str = typer.Option("bench/out", "--out", help="Folder for results.json, results.md and PNG plots."),
+    peers: str = typer.Option("mlx-lm,mlx-lm-spec,mlx-vlm", "--peers", help="Same-run peers (mlx-lm, mlx-lm-spec, mlx-vlm, or none); one that cannot run is reported as skipped, with the reason."),
+    peer_draft_model: Optional[str] = typer.Option(None, "--peer-draft-model", help="Small mlx-lm model with the target's tokenizer: the mlx-lm-spec peer's draft model."),
+    peer_draft_tokens: int = typer.Option(3, "--peer-draft-tokens", help="Draft tokens per step for the mlx-lm-spec peer (mlx-lm's default 3)."),
 ) -> None:
-    """Plain vs speculative decoding on the same prompts, interleaved: tokens/s, speedup, acceptance."""
+    """Plain vs speculative decoding on the same prompts, interleaved: tokens/s, speedup, acceptance; same-run peers beside."""
     from pathlib import Path
 
     from . import load
     from .bench import Bench, load_prompts, markdown, plot
+    from .peers import make_peers, parse_peers
 
     configs = [_parse_draft_tokens(x.strip()) for x in draft_tokens.split(",") if x.strip()]
     if not configs or max_tokens < 2 or repeats < 1:
@@ -240,13 +244,19 @@ def bench(
         raise MlxSpecError(f"--alpha takes numbers in [0, 1] like 0.5,0.9 (got {alpha!r}).") from None
     if any(a is not None and not 0 <= a <= 1 for a in alphas):
         raise MlxSpecError(f"--alpha values must be in [0, 1] (got {alpha!r}).")
+    peer_names = parse_peers(peers)
+    if peer_draft_tokens < 1:
+        raise MlxSpecError("--peer-draft-tokens must be at least 1.")
     pair, tokenizer = load(model, drafter)
     prompt_set = load_prompts(Path(prompts), tokenizer, limit)
+    peer_list = make_peers(peer_names, pair, tokenizer, peer_draft_model, peer_draft_tokens)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for a in alphas:
-        results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a).run())
+        # Peers do not depend on alpha: they run with the first value only.
+        results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a,
+                             peers=peer_list if not results else []).run())
         typer.echo(markdown(results[-1]))
     (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out_dir / "results.md").write_text("\n".join(markdown(r) for r in results))
