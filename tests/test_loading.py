@@ -162,7 +162,7 @@ def test_no_drafter_for_local_target(tiny):
 def test_roles_swapped(tiny):
     with pytest.raises(ConfigError, match="not a target"):
         load_target(tiny / "dense" / "drafter")
-    with pytest.raises(ConfigError, match="not a Gemma 4 MTP drafter"):
+    with pytest.raises(ConfigError, match="not a drafter: pass a Gemma 4 MTP drafter"):
         load_drafter(tiny / "dense" / "target")
 
 
@@ -221,10 +221,19 @@ def test_bad_drafter_config(tiny, tmp_path):
         load_drafter(drafter)
 
 
-def test_not_a_gemma4_model(tiny, tmp_path):
+def test_not_an_mlx_lm_model(tiny, tmp_path):
     folder = copy_model(tiny / "dense" / "target", tmp_path / "t")
-    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    with pytest.raises(ConfigError, match="'llama'"):
+    (folder / "config.json").write_text(json.dumps({"model_type": "no_such_arch"}))
+    with pytest.raises(ConfigError, match="'no_such_arch'.*mlx-lm cannot load"):
+        load_target(folder)
+
+
+def test_other_architecture_config_over_gemma4_weights(tiny, tmp_path):
+    """A loadable architecture whose config does not describe the weights: a clear error, no traceback."""
+    folder = copy_model(tiny / "dense" / "target", tmp_path / "t")
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 128,
+                                                    "num_attention_heads": 4, "rms_norm_eps": 1e-6, "vocab_size": 512}))
+    with pytest.raises(ModelFilesError, match="do not match its config.json"):
         load_target(folder)
 
 

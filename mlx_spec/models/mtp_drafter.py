@@ -6,7 +6,7 @@ trained with `mlx-spec distill`:
     inputs = [target embedding of the last seen token ; target (or drafter) last hidden]   (2 x backbone)
       -> RMSNorm each half -> pre_projection -> a few layers -> final norm -> post_projection
       -> next hidden h (backbone width): the next draft step's "last hidden"
-      -> logits = h @ E[head_ids]^T, E the target's own output embedding (tied table or lm_head)
+      -> logits = head_norm(h) @ E[head_ids]^T, E the target's own output embedding (tied table or lm_head)
 
 - Attention has queries only: each layer reads, in place, the KV of one target layer (the last
   sliding and the last full layer where the target has both, the last layer otherwise), rotating
@@ -129,6 +129,7 @@ class Model(nn.Module):
         self.layers = [DraftLayer(args, spec) for spec in args.layer_args]
         self.norm = nn.RMSNorm(hidden, eps=args.rms_norm_eps)
         self.post_projection = nn.Linear(hidden, backbone, bias=False)
+        self.head_norm = nn.RMSNorm(backbone, eps=args.rms_norm_eps)  # the target's logits come from a normed hidden too
         self.head_ids = mx.zeros((args.head_size,), dtype=mx.int32)
         # Bound by attach(): the target layers' RoPE and the gathered head rows (not parameters).
         self._ropes: dict[str, Any] = {}
@@ -189,6 +190,7 @@ class Model(nn.Module):
 
     def head_logits(self, hidden: mx.array) -> mx.array:
         """Logits over `head_ids` only ([..., head_size]); the whole vocabulary when head_size is 0."""
+        hidden = self.head_norm(hidden)
         if self._head_rows is None:
             return self._target_logits(hidden)
         return hidden @ self._head_rows.T
