@@ -34,6 +34,7 @@ from . import peers as peer_runtime
 from .errors import MlxSpecError
 from .generate import policy_for_run, user_turn_tokens
 from .loading import SpeculativeModel
+from .sampling import SamplingSettings, make_strategy
 from .speculative import SpecStats, speculative_generate_step
 from .target import Target
 
@@ -117,6 +118,7 @@ class Bench:
     max_tokens: int = 128
     repeats: int = 3
     alpha: Optional[float] = None
+    temp: float = 0.0  # > 0: sampled runs (rejection sampling); outputs then differ run to run by design
     runs: list[Run] = field(default_factory=list)
     peers: list = field(default_factory=list)  # peers.Peer: other runtimes, run after ours on each prompt/repeat
     peer_runs: dict = field(default_factory=dict)
@@ -126,11 +128,12 @@ class Bench:
         if drafter is not None and self.alpha is not None and plain_tokens is not None:
             drafter = ControlledDrafter(drafter, ids + plain_tokens, self.alpha, seed=seed)
         policy = policy_for_run(self.model, target, drafter if config != 0 else None, config, None)
+        strategy = make_strategy(SamplingSettings(temp=self.temp), seed)
         mx.synchronize()
         mx.reset_peak_memory()
         t0 = time.perf_counter()
         tokens = list(speculative_generate_step(ids, target, drafter if config != 0 else None, policy=policy,
-                                                max_tokens=self.max_tokens, stats=stats))
+                                                max_tokens=self.max_tokens, stats=stats, strategy=strategy))
         total = time.perf_counter() - t0
         return tokens, stats, total, mx.get_peak_memory() / 1e9
 
@@ -166,7 +169,7 @@ class Bench:
                         prefill_tps=len(prompt["ids"]) / max(1e-9, stats.prefill_time),
                         decode_tps=decode_tokens / decode_seconds, tokens=stats.generated,
                         stats=stats.to_dict(), peak_memory_gb=peak,
-                        same_as_plain=None if config == 0 else tokens == plain,
+                        same_as_plain=None if config == 0 or self.temp > 0 else tokens == plain,
                     ))
                     if bar is not None:
                         bar.update(1)
@@ -206,11 +209,13 @@ class Bench:
                 "drafter_time_share": sum(r.stats["draft_time"] for r in runs) / decode if decode else 0.0,
                 "expert_loads_per_token": float(np.mean([r.stats["decode_expert_loads_per_token"] for r in runs])),
                 "peak_memory_gb": max(r.peak_memory_gb for r in runs),
-                "lossless": all(r.same_as_plain for r in runs) if config != "0" else None,
+                "lossless": all(r.same_as_plain for r in runs) if config != "0" and self.temp == 0 else None,
             })
         return {
-            "label": f"controlled acceptance alpha={self.alpha} (drafts replaced by the target's own tokens)" if self.alpha is not None else "real drafter acceptance",
+            "label": (f"controlled acceptance alpha={self.alpha} (drafts replaced by the target's own tokens)" if self.alpha is not None
+                      else "real drafter acceptance") + (f", temperature {self.temp} (rejection sampling)" if self.temp > 0 else ", greedy"),
             "alpha": self.alpha,
+            "temp": self.temp,
             "regime": regime(target),
             "model": self.model.target.name,
             "drafter": self.model.drafter.name,

@@ -221,6 +221,7 @@ def bench(
     draft_tokens: str = typer.Option("1,2,4,8,auto", "--draft-tokens", help="Comma-separated draft lengths and/or auto."),
     max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens generated per run."),
     repeats: int = typer.Option(3, "--repeats", help="Measured passes over the prompts."),
+    temp: str = typer.Option("0", "--temp", help="Sampling temperature(s), e.g. 0,0.7 (0: greedy, checked token-identical to plain)."),
     alpha: Optional[str] = typer.Option(None, "--alpha", help="Controlled acceptance, e.g. 0.5,0.7,0.9: drafts replaced by the target's own tokens with this probability."),
     limit: Optional[int] = typer.Option(None, "--limit", help="Use only the first N prompts."),
     out: str = typer.Option("bench/out", "--out", help="Folder for results.json, results.md and PNG plots."),
@@ -244,6 +245,12 @@ def bench(
         raise MlxSpecError(f"--alpha takes numbers in [0, 1] like 0.5,0.9 (got {alpha!r}).") from None
     if any(a is not None and not 0 <= a <= 1 for a in alphas):
         raise MlxSpecError(f"--alpha values must be in [0, 1] (got {alpha!r}).")
+    try:
+        temps = [float(t) for t in temp.split(",") if t.strip()] or [0.0]
+    except ValueError:
+        raise MlxSpecError(f"--temp takes numbers >= 0 like 0,0.7 (got {temp!r}).") from None
+    if any(t < 0 for t in temps) or (any(t > 0 for t in temps) and alphas != [None]):
+        raise MlxSpecError("--temp values must be >= 0, and controlled acceptance (--alpha) is greedy only.")
     peer_names = parse_peers(peers)
     if peer_draft_tokens < 1:
         raise MlxSpecError("--peer-draft-tokens must be at least 1.")
@@ -253,11 +260,12 @@ def bench(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
-    for a in alphas:
-        # Peers do not depend on alpha: they run with the first value only.
-        results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a,
-                             peers=peer_list if not results else []).run())
-        typer.echo(markdown(results[-1]))
+    for t in temps:
+        for a in alphas:
+            # Peers decode greedily and do not depend on alpha: they run with the first greedy setting only.
+            run_peers = peer_list if t == 0 and not any(r["temp"] == 0 for r in results) else []
+            results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a, temp=t, peers=run_peers).run())
+            typer.echo(markdown(results[-1]))
     (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     (out_dir / "results.md").write_text("\n".join(markdown(r) for r in results))
     for png in plot(results, out_dir):

@@ -46,3 +46,21 @@ def test_controlled_acceptance_matches_alpha(tiny):
         assert row["lossless"]
         assert "controlled acceptance" in result["label"]
     assert np.isfinite(row["speedup"])
+
+
+def test_sampled_bench_reports_temperature_and_no_token_identity(tiny, tmp_path):
+    """At temperature > 0 outputs differ run to run by design (losslessness there is statistical,
+    tests/test_sampling.py); the bench labels the setting and does not claim token identity."""
+    result = CliRunner().invoke(app, [
+        "bench", "-m", str(tiny / "dense" / "target"), "-d", str(tiny / "dense" / "drafter-trained"),
+        "--prompts", str(ROOT / "bench" / "prompts" / "default.jsonl"), "--limit", "1", "--max-tokens", "24",
+        "--repeats", "1", "--draft-tokens", "2", "--temp", "0,0.7", "--peers", "none", "--out", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    greedy, sampled = json.loads((tmp_path / "results.json").read_text())
+    assert greedy["temp"] == 0 and sampled["temp"] == 0.7 and "temperature 0.7" in sampled["label"]
+    rows = {r["config"]: r for r in sampled["rows"]}
+    assert rows["k=2"]["lossless"] is None and rows["k=2"]["acceptance_per_position"]
+    bad = CliRunner().invoke(app, ["bench", "-m", str(tiny / "dense" / "target"), "-d", str(tiny / "dense" / "drafter"),
+                                   "--temp", "0.7", "--alpha", "0.5", "--out", str(tmp_path)])
+    assert bad.exit_code != 0
