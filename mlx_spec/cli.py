@@ -21,38 +21,39 @@ def _root() -> None:
 
 
 def _summary(pair) -> dict:
-    from .model_config import kv_producer_layers
+    from .target import Target
 
     target, drafter = pair.target, pair.drafter
     t, d = target.text_config, drafter.text_config
+    adapter = Target(target.module, t, track_experts=False)
+    if drafter.config.get("model_type") == "mlx_spec_mtp":
+        layers, head = drafter.config["layers"], drafter.config.get("head_size") or "whole vocabulary"
+        drafter_info = {"layers": len(layers), "hidden_size": drafter.config["hidden_size"], "reads_layers": [s["reads_layer"] for s in layers],
+                        "head": f"target's embedding, {head} tokens", "trained_for": drafter.config["target"]["name"]}
+    else:
+        drafter_info = {"layers": len(d["layer_types"]), "hidden_size": d["hidden_size"],
+                        "head": "centroid-masked" if drafter.config.get("use_ordered_embeddings") else "dense"}
     return {
         "target": {
             "name": target.name,
             "path": str(target.path),
             "model_type": target.config.get("model_type"),
-            "layers": len(t["layer_types"]),
-            "hidden_size": t["hidden_size"],
+            "layers": len(adapter.layer_types),
+            "hidden_size": adapter.hidden_size,
             "moe": bool(t.get("enable_moe_block")),
-            "kv_shared_layers": int(t.get("num_kv_shared_layers") or 0),
-            "kv_producer_layers": kv_producer_layers(t),
-            "sliding_window": t["sliding_window"],
+            "kv_shared_layers": len(adapter.layer_types) - adapter.num_cached_layers,
+            "kv_producer_layers": adapter.producers,
+            "sliding_window": adapter.sliding_window,
             "quantization": target.config.get("quantization"),
         },
-        "drafter": {
-            "name": drafter.name,
-            "path": str(drafter.path),
-            "layers": len(d["layer_types"]),
-            "hidden_size": d["hidden_size"],
-            "head": "centroid-masked" if drafter.config.get("use_ordered_embeddings") else "dense",
-            "quantization": drafter.config.get("quantization"),
-        },
+        "drafter": {"name": drafter.name, "path": str(drafter.path), **drafter_info, "quantization": drafter.config.get("quantization")},
     }
 
 
 @app.command()
 def check(
     model: str = typer.Option(..., "--model", "-m", help="Target: local folder or hub id."),
-    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (gemma4_assistant): folder or hub id."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (gemma4_assistant, or one from mlx-spec distill): folder or hub id."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Load a target and its drafter, check that they fit, and describe them."""
@@ -94,7 +95,7 @@ def _parse_draft_tokens(text: str):
 @app.command()
 def generate(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
-    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter (gemma4_assistant): folder or hub id; default: the target's released assistant."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id; default: the released assistant of a Gemma 4 hub id, or the drafter beside a demo model."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="Text prompt (the chat template is applied when the model has one)."),
     chat_template: bool = typer.Option(True, "--chat-template/--no-chat-template", help="Wrap a text prompt in the model's chat template."),
     no_draft: bool = typer.Option(False, "--no-draft", help="Plain decoding (same as --draft-tokens 0)."),
@@ -157,7 +158,7 @@ def _stats_line(response) -> str:
 @app.command()
 def chat(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
-    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id; default: the target's released assistant."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id; default: the released assistant of a Gemma 4 hub id, or the drafter beside a demo model."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Most tokens per reply."),
     temp: float = typer.Option(0.0, "--temp"),
     top_p: float = typer.Option(0.0, "--top-p"),
