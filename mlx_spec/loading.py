@@ -146,25 +146,21 @@ def load_drafter(path_or_repo: str | os.PathLike) -> LoadedModel:
     path = resolve_path(path_or_repo)
     raw = read_config(path)
     if raw.get("model_type") == mtp_drafter.MODEL_TYPE:
-        weights = _read_weights(path)
-        try:
-            module = mtp_drafter.build(raw, weights)
-        except (ValueError, KeyError, TypeError) as e:
-            raise ModelFilesError(f"the weights in {path} do not match its config.json ({_short(e)}); retrain or re-copy the drafter.") from None
-        return LoadedModel(module, raw, path, str(path_or_repo))
-    if raw.get("model_type") != DRAFTER_TYPE:
+        config, build, fix = raw, mtp_drafter.build, "retrain or re-copy the drafter"
+    elif raw.get("model_type") == DRAFTER_TYPE:
+        config, build, fix = normalize_config(raw, f"{path}/config.json"), gemma4_assistant.build, "re-download or re-convert the drafter"
+        validate_drafter_config(config, str(path_or_repo))
+    else:
         raise ConfigError(
             f"{path_or_repo} is a {raw.get('model_type')!r} model, not a drafter: pass a Gemma 4 MTP "
             f"drafter (model_type {DRAFTER_TYPE!r}, e.g. google/gemma-4-E2B-it-assistant) or one trained "
             f"with `mlx-spec distill` ({mtp_drafter.MODEL_TYPE!r})."
         )
-    config = normalize_config(raw, f"{path}/config.json")
-    validate_drafter_config(config, str(path_or_repo))
     weights = _read_weights(path)
     try:
-        module = gemma4_assistant.build(config, weights)
+        module = build(config, weights)
     except (ValueError, KeyError, TypeError) as e:
-        raise ModelFilesError(f"the weights in {path} do not match its config.json ({_short(e)}); re-download or re-convert the drafter.") from None
+        raise ModelFilesError(f"the weights in {path} do not match its config.json ({_short(e)}); {fix}.") from None
     return LoadedModel(module, config, path, str(path_or_repo))
 
 
