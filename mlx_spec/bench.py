@@ -245,8 +245,9 @@ def markdown(result: dict) -> str:
     reg = result["regime"]
     lines = [
         f"**{result['label']}** - model `{result['model']}`, drafter `{result['drafter']}`, "
-        f"{len(result['prompts'])} prompts x {result['repeats']} repeats, {result['max_tokens']} tokens, greedy; "
-        f"{reg['device']}, {reg['machine']}, mlx {reg['mlx']}, weights {', '.join(reg['weight_dtypes'])}, {reg['blas']}.",
+        f"{len(result['prompts'])} prompts x {result['repeats']} repeats, {result['max_tokens']} tokens, "
+        + (f"temperature {result['temp']}; " if result.get("temp") else "greedy; ")
+        + f"{reg['device']}, {reg['machine']}, mlx {reg['mlx']}, weights {', '.join(reg['weight_dtypes'])}, {reg['blas']}.",
     ]
     if reg["warning"]:
         lines.append(f"Warning: {reg['warning']}.")

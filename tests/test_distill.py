@@ -228,6 +228,10 @@ def test_free_running_acceptance_of_a_perfect_oracle():
 
     result = free_running_acceptance(Oracle(), Data(tokens), np.arange(2), 3)
     assert result["acceptance_per_position"] == [1.0, 1.0, 1.0]
+    # Drafts are scored only up to the reply's end-of-sequence token.
+    cut = free_running_acceptance(Oracle(), Data(tokens), np.arange(2), 3, eos=[int(tokens[0, 8])])
+    assert cut["acceptance_per_position"] == [1.0, 1.0, 1.0]
+    assert cut["drafted_per_position"][0] == result["drafted_per_position"][0] - (11 - 8)
 
 
 def test_read_texts_skips_binary_and_reports_missing(corpus, tmp_path):
