@@ -280,6 +280,7 @@ def plot(results: list[dict], out: Path) -> list[str]:
         draw(ax)
         ax.axhline(1.0, color="grey", lw=0.8)
         ax.set_xlabel(xlabel)
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel("decode speedup over plain")
         ax.legend()
         fig.tight_layout()
@@ -291,7 +292,8 @@ def plot(results: list[dict], out: Path) -> list[str]:
             rows = [r for r in res["rows"] if r["config"].startswith("k=") and r["config"][2:].isdigit()]
             ax.errorbar([int(r["config"][2:]) for r in rows], [r["speedup"] for r in rows],
                         yerr=[0 if math.isnan(r["speedup_ci95"]) else r["speedup_ci95"] for r in rows], marker="o",
-                        label=f"alpha={res['alpha']}" if res["alpha"] is not None else "real drafter")
+                        label=(f"alpha={res['alpha']}" if res["alpha"] is not None else "real drafter")
+                        + (f", temperature {res['temp']}" if res.get("temp") else ", greedy"))
 
     figure("speedup_vs_k.png", "draft tokens k", by_k)
     alphas = [r for r in results if r["alpha"] is not None]
