@@ -4,11 +4,7 @@
 #   bash bench/run_proxy.sh [extra mlx-spec bench flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BLAS=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
-if [ ! -e "$BLAS" ]; then
-    echo "OpenBLAS missing: apt-get install libopenblas0-pthread" >&2
-    exit 2
-fi
+. bench/openblas.sh
 CKPT=${CKPT:-/tmp/mlx-spec-proxy}
 [ -d "$CKPT/proxy" ] || python scripts/make_tiny_checkpoints.py "$CKPT" --variants proxy
 # A separate small draft model (same tokenizer and vocab) for the mlx-lm speculative peer: a random

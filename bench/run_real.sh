@@ -6,11 +6,7 @@
 #   bash bench/run_real.sh [smollm2-135m|gemma3-270m ...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BLAS=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3
-if [ ! -e "$BLAS" ]; then
-    echo "OpenBLAS missing: apt-get install libopenblas0-pthread" >&2
-    exit 2
-fi
+. bench/openblas.sh
 DEMO=${DEMO:-$HOME/.cache/mlx-spec/demo-models}
 [ -d "$DEMO/smollm2-135m/target" ] && [ -d "$DEMO/gemma3-270m/target" ] || mlx-spec demo-models "$DEMO"
 for name in "${@:-smollm2-135m gemma3-270m}"; do

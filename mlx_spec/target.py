@@ -53,11 +53,7 @@ class Target:
 
     def logits(self, hidden: mx.array) -> mx.array:
         """As the mlx-lm model computes them: tied or separate head, final softcapping if any."""
-        tied = getattr(self.lm, "tie_word_embeddings", getattr(self.lm.args, "tie_word_embeddings", True))
-        if tied or "lm_head" not in self.lm:
-            out = self.lm.model.embed_tokens.as_linear(hidden)
-        else:
-            out = self.lm.lm_head(hidden)
+        out = project_to_vocab(self.lm, hidden)
         if getattr(self.lm, "final_logit_softcapping", None) is not None:
             out = logit_softcap(self.lm.final_logit_softcapping, out)
         return out
@@ -80,6 +76,18 @@ class Target:
         if SLIDING in self.producers:
             kv[SLIDING] = cache[self.producers[SLIDING]].recent(sliding_span)
         return kv
+
+
+def output_head(lm: nn.Module) -> nn.Module:
+    """The module holding the output embedding: the tied token table, or the separate lm_head."""
+    tied = getattr(lm, "tie_word_embeddings", getattr(lm.args, "tie_word_embeddings", True))
+    return lm.model.embed_tokens if tied or "lm_head" not in lm else lm.lm_head
+
+
+def project_to_vocab(lm: nn.Module, hidden: mx.array) -> mx.array:
+    """hidden @ E^T through the target's output embedding (before any softcapping)."""
+    head = output_head(lm)
+    return head.as_linear(hidden) if isinstance(head, (nn.Embedding, nn.QuantizedEmbedding)) else head(hidden)
 
 
 def layer_types_of(lm: nn.Module) -> list[str]:

@@ -31,6 +31,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.base import BaseModelArgs
 
 from ..model_config import FULL, SLIDING
+from ..target import Target, output_head, project_to_vocab
 
 MODEL_TYPE = "mlx_spec_mtp"
 
@@ -134,7 +135,7 @@ class Model(nn.Module):
         # Bound by attach(): the target layers' RoPE and the gathered head rows (not parameters).
         self._ropes: dict[str, Any] = {}
         self._head_rows: Optional[mx.array] = None
-        self._target_logits = None
+        self._lm = None  # the target's language model: its whole output embedding when head_size is 0
 
     # -- binding to the target ------------------------------------------------------------------
     def attach(self, target_module: nn.Module) -> "Model":
@@ -147,7 +148,7 @@ class Model(nn.Module):
             self._head_rows = output_rows(lm, self.head_ids)
             mx.eval(self._head_rows)
         else:
-            self._target_logits = lambda h: output_rows(lm, None, h)
+            self._lm = lm
         return self
 
     @property
@@ -192,7 +193,7 @@ class Model(nn.Module):
         """Logits over `head_ids` only ([..., head_size]); the whole vocabulary when head_size is 0."""
         hidden = self.head_norm(hidden)
         if self._head_rows is None:
-            return self._target_logits(hidden)
+            return project_to_vocab(self._lm, hidden)
         return hidden @ self._head_rows.T
 
     def logits(self, hidden: mx.array) -> mx.array:
@@ -206,12 +207,9 @@ class Model(nn.Module):
         return mx.put_along_axis(out, ids, scores, axis=-1)
 
 
-def output_rows(lm: nn.Module, ids: Optional[mx.array], hidden: Optional[mx.array] = None) -> mx.array:
-    """Rows `ids` of the target's output embedding (dequantized), or, with ids None, hidden @ E^T."""
-    tied = getattr(lm, "tie_word_embeddings", getattr(lm.args, "tie_word_embeddings", True))
-    head = lm.model.embed_tokens if tied or "lm_head" not in lm else lm.lm_head
-    if ids is None:
-        return head.as_linear(hidden) if isinstance(head, (nn.Embedding, nn.QuantizedEmbedding)) else head(hidden)
+def output_rows(lm: nn.Module, ids: mx.array) -> mx.array:
+    """Rows `ids` of the target's output embedding, dequantized if it is quantized."""
+    head = output_head(lm)
     if isinstance(head, (nn.Embedding, nn.QuantizedEmbedding)):
         return head(ids)
     if isinstance(head, nn.QuantizedLinear):
@@ -227,8 +225,6 @@ def output_rows(lm: nn.Module, ids: Optional[mx.array], hidden: Optional[mx.arra
 def new(target_module: nn.Module, target_name: str, layers: Optional[int] = None, hidden_size: Optional[int] = None,
         intermediate_size: Optional[int] = None, head_ids: Optional[list[int]] = None) -> Model:
     """A fresh drafter shaped for `target_module` (see the module docstring for the layer choice)."""
-    from ..target import Target
-
     target = Target(target_module, {}, track_experts=False)
     lm = target.lm
     backbone = target.hidden_size
