@@ -30,7 +30,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 from mlx_lm.models.base import BaseModelArgs
 
-from ..model_config import FULL, SLIDING
+from ..model_config import SLIDING
 from ..target import Target, output_head, project_to_vocab
 
 MODEL_TYPE = "mlx_spec_mtp"
