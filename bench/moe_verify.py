@@ -21,9 +21,9 @@ import time
 import mlx.core as mx
 import numpy as np
 
-from mlx_spec.loading import load_pair
-from mlx_spec.speculative import SpecStats, speculative_generate_step
-from mlx_spec.target import Target
+from mlx_spec.core.loading import load_pair
+from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.target import Target
 
 
 def forward_time(target, n, repeats=20):

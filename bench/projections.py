@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from mlx_spec import configs
-from mlx_spec.projection import (
+from mlx_spec.tools.projection import (
     BYTES_PER_PARAM,
     CHIPS_GBPS,
     best_k,

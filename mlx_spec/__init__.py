@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from .errors import ConfigError, MlxSpecError, ModelFilesError, PairMismatchError
+from .core.errors import ConfigError, MlxSpecError, ModelFilesError, PairMismatchError
 from .chat import ChatSession
 from .generate import GenerationResponse, generate, stream_generate
-from .loading import SpeculativeModel, load_pair, load_tokenizer
-from .speculative import SpecStats
+from .core.loading import SpeculativeModel, load_pair, load_tokenizer
+from .core.loop import SpecStats
 
 __version__ = "0.1.0"
 

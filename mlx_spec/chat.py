@@ -12,10 +12,10 @@ from __future__ import annotations
 from typing import Generator, Optional, Union
 
 from .generate import GenerationResponse, policy_for_run, responses, user_turn_tokens
-from .loading import SpeculativeModel
-from .sampling import SamplingSettings, make_strategy
-from .speculative import SpecStats, speculative_generate_step
-from .target import Target
+from .core.loading import SpeculativeModel
+from .core.sampling import SamplingSettings, make_strategy
+from .core.loop import SpecStats, speculative_generate_step
+from .core.target import Target
 
 MAX_DRAFT = 8
 

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .errors import MlxSpecError
+from .core.errors import MlxSpecError
 
 DEFAULT_MODEL = "google/gemma-4-E2B-it"  # the smallest Gemma 4, with google/gemma-4-E2B-it-assistant
 
@@ -21,7 +21,7 @@ def _root() -> None:
 
 
 def _summary(pair) -> dict:
-    from .target import Target
+    from .core.target import Target
 
     target, drafter = pair.target, pair.drafter
     t, d = target.text_config, drafter.text_config
@@ -57,7 +57,7 @@ def check(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Load a target and its drafter, check that they fit, and describe them."""
-    from .loading import load_pair
+    from .core.loading import load_pair
 
     summary = _summary(load_pair(model, drafter, lazy=True))
     if as_json:
@@ -114,7 +114,7 @@ def generate(
     """Generate with speculative decoding; the output is exactly what the target alone would give."""
     from . import load
     from .generate import stream_generate, user_turn_tokens
-    from .sampling import SamplingSettings
+    from .core.sampling import SamplingSettings
 
     if (prompt is None) == (prompt_ids is None):
         raise MlxSpecError("give exactly one of --prompt TEXT or --prompt-ids 2,17,9.")
@@ -176,7 +176,7 @@ def chat(
     if max_tokens < 1:
         raise MlxSpecError(f"--max-tokens must be at least 1 (got {max_tokens}).")
     k = _parse_draft_tokens(draft_tokens)
-    from .sampling import SamplingSettings
+    from .core.sampling import SamplingSettings
 
     SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
     pair, tokenizer = load(model, drafter)
@@ -234,8 +234,8 @@ def bench(
     from pathlib import Path
 
     from . import load
-    from .bench import Bench, load_prompts, markdown, plot
-    from .peers import make_peers, parse_peers
+    from .tools.bench import Bench, load_prompts, markdown, plot
+    from .tools.peers import make_peers, parse_peers
 
     configs = [_parse_draft_tokens(x.strip()) for x in draft_tokens.split(",") if x.strip()]
     if not configs or max_tokens < 2 or repeats < 1:
@@ -283,7 +283,7 @@ def demo_models(
     into mlx-lm folders, with their trained drafters beside them (DIR/<name>/target, DIR/<name>/drafter)."""
     from pathlib import Path
 
-    from .demo_models import demo_home, make_demo_models
+    from .tools.demo_models import demo_home, make_demo_models
 
     folder = Path(out) if out else demo_home()
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None
@@ -314,8 +314,8 @@ def distill(
     k-step objective, report held-out acceptance per draft position. Interrupted runs resume from --out."""
     from pathlib import Path
 
-    from .distill import DistillConfig, distill as run_distill
-    from .loading import load_target, load_tokenizer, model_folders
+    from .tools.distill import DistillConfig, distill as run_distill
+    from .core.loading import load_target, load_tokenizer, model_folders
 
     if tokens < 1 or steps < 0 or draft_tokens < 1 or batch < 1 or not 8 < prompt_len < seq_len:
         raise MlxSpecError("distill needs --tokens >= 1, --steps >= 0, --draft-tokens >= 1, --batch >= 1 and 8 < --prompt-len < --seq-len.")

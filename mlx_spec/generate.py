@@ -9,11 +9,11 @@ from typing import Generator, Optional, Sequence, Union
 
 import mlx.core as mx
 
-from .loading import SpeculativeModel
-from .policy import make_policy, measure_costs, static_costs
-from .sampling import SamplingSettings, make_strategy
-from .speculative import SpecStats, speculative_generate_step
-from .target import Target
+from .core.loading import SpeculativeModel
+from .core.policy import make_policy, measure_costs, static_costs
+from .core.sampling import SamplingSettings, make_strategy
+from .core.loop import SpecStats, speculative_generate_step
+from .core.target import Target
 
 
 @dataclass

@@ -396,7 +396,7 @@ def write_quantized(out_root: Path, name: str, source: str) -> None:
     """4-bit MLX copies: the target through mlx-lm's converter, the drafter through ours."""
     from mlx_lm import convert
 
-    from mlx_spec.models import gemma4_assistant
+    from mlx_spec.core.models import gemma4_assistant
 
     dst = out_root / name
     dst.mkdir(parents=True, exist_ok=True)

@@ -29,9 +29,9 @@ import numpy as np
 from mlx.utils import tree_flatten
 from mlx_lm.models.cache import KVCache
 
-from mlx_spec.loading import load_drafter, load_target
-from mlx_spec.model_config import FULL, SLIDING
-from mlx_spec.target import Target
+from mlx_spec.core.loading import load_drafter, load_target
+from mlx_spec.core.model_config import FULL, SLIDING
+from mlx_spec.core.target import Target
 
 K = 4
 SEQ_LEN = 64

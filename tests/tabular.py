@@ -1,7 +1,7 @@
 """Tabular stand-ins for a target and a drafter, small enough to enumerate, run through the real loop.
 
 The target is a second-order Markov chain over a vocabulary of V tokens: logits for the next token
-depend on the last two. It implements the parts of `mlx_spec.target.Target` the loop uses (caches
+depend on the last two. It implements the parts of `mlx_spec.core.target.Target` the loop uses (caches
 with offset/trim, forward, embed, shared_kv). Its "hidden state" at a position is the one-hot of the
 token there and its embedding is a one-hot, so a drafter reading [embed(last) ; hidden that
 predicted it] knows the last two tokens. Drafters:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 import mlx_spec
 from conftest import ROOT
-from mlx_spec.bench import Bench, load_prompts
+from mlx_spec.tools.bench import Bench, load_prompts
 from mlx_spec.cli import app
 
 

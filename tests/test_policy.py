@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlx_spec.loading import load_pair
-from mlx_spec.policy import AdaptivePolicy, MeasuredCosts, expected_tokens, make_policy, measure_costs
-from mlx_spec.speculative import SpecStats, speculative_generate_step
-from mlx_spec.target import Target
+from mlx_spec.core.loading import load_pair
+from mlx_spec.core.policy import AdaptivePolicy, MeasuredCosts, expected_tokens, make_policy, measure_costs
+from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.target import Target
 from test_speculative import ConstantDrafter, OracleDrafter
 
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mlx_spec.errors import MlxSpecError
-from mlx_spec.sampling import Distribution, RejectionSampler, SamplingSettings, Strategy, make_strategy
-from mlx_spec.speculative import SpecStats, speculative_generate_step
+from mlx_spec.core.errors import MlxSpecError
+from mlx_spec.core.sampling import Distribution, RejectionSampler, SamplingSettings, Strategy, make_strategy
+from mlx_spec.core.loop import SpecStats, speculative_generate_step
 from tabular import TabularDrafter, TabularTarget, chi_square, chi_square_critical, empirical
 
 V = 5
@@ -112,7 +112,7 @@ def test_seed_makes_runs_reproducible(target):
 
 
 def test_temperature_zero_is_the_greedy_loop(target):
-    from mlx_spec.sampling import GREEDY
+    from mlx_spec.core.sampling import GREEDY
 
     assert make_strategy(SamplingSettings(temp=0.0)) is GREEDY
 

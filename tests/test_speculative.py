@@ -17,10 +17,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 from conftest import FIXTURES, QUANTIZED, VARIANTS
-from mlx_spec.errors import MlxSpecError
-from mlx_spec.loading import load_pair
-from mlx_spec.speculative import SpecStats, speculative_generate_step
-from mlx_spec.target import Target
+from mlx_spec.core.errors import MlxSpecError
+from mlx_spec.core.loading import load_pair
+from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.target import Target
 
 TOKENS = 300
 

@@ -29,7 +29,8 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .errors import MlxSpecError
+from ..core.errors import MlxSpecError
+from .stats import mean_ci
 
 PEER_NAMES = ("mlx-lm", "mlx-lm-spec", "mlx-vlm")
 
@@ -61,7 +62,7 @@ def _short(error: Exception, limit: int = 240) -> str:
 @contextlib.contextmanager
 def _as_loaded(module):
     """mlx-lm's own MoE blocks while a peer runs (our Target wraps them in expert probes)."""
-    from .moe import ExpertProbe
+    from ..core.moe import ExpertProbe
 
     lm = getattr(module, "language_model", module)
     wrapped = [(layer, layer.experts) for layer in getattr(lm, "layers", [])
@@ -156,7 +157,7 @@ def _trimmable_caches(module) -> list:
 def _load_mlx_lm_model(path: str):
     from mlx_lm.utils import load_model
 
-    from .loading import load_target, resolve_path
+    from ..core.loading import load_target, resolve_path
 
     folder = resolve_path(path)
     model_type = json.loads((folder / "config.json").read_text()).get("model_type") if (folder / "config.json").is_file() else None
@@ -315,12 +316,10 @@ def record(peer: Peer, ids: list[int], max_tokens: int, prompt: str, repeat: int
 
 
 def summarize(peer: Peer, runs: list[dict]) -> dict:
-    from .bench import _ci
-
     row = peer.info()
     if peer.reason or not runs:
         return row
-    mean, half = _ci([r["speedup_vs_our_plain"] for r in runs])
+    mean, half = mean_ci([r["speedup_vs_our_plain"] for r in runs])
     drafted, accepted, steps = (sum(r[key] for r in runs) for key in ("drafted", "accepted", "verify_steps"))
     row.update({
         "prefill_tps": sum(r["prefill_tps"] for r in runs) / len(runs),

@@ -33,6 +33,13 @@ from .model_config import (
 from .models import gemma4_assistant, mtp_drafter
 
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
+DEMO_NAMES = ("smollm2-135m", "gemma3-270m")  # what `mlx-spec demo-models` writes (tools/demo_models.py)
+
+
+def demo_home() -> Path:
+    """Where `mlx-spec demo-models` writes by default ($MLX_SPEC_HOME/demo-models or ~/.cache/mlx-spec/demo-models)."""
+    base = os.environ.get("MLX_SPEC_HOME")
+    return (Path(base).expanduser() if base else Path.home() / ".cache" / "mlx-spec") / "demo-models"
 
 
 @dataclass
@@ -270,10 +277,8 @@ def default_drafter(model: str) -> Optional[str]:
 def model_folders(model: str | os.PathLike) -> tuple[str, Optional[str]]:
     """(target, drafter or None) for what the user named: a demo model's name (after `mlx-spec
     demo-models`), a folder holding `target/` and `drafter/` (what demo-models writes), or a target."""
-    from .demo_models import DEMOS, demo_home
-
     path = Path(model).expanduser()
-    if not path.exists() and str(model) in DEMOS:
+    if not path.exists() and str(model) in DEMO_NAMES:
         path = demo_home() / str(model)
         if not path.exists():
             raise ModelFilesError(f"{model} is a demo model that is not converted yet: run `mlx-spec demo-models` first.")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model_config import FULL, head_dim, kv_heads, text_config_of
-from .moe import MoEProfile, expected_unique_experts
-from .policy import expected_tokens
+from ..core.model_config import FULL, head_dim, kv_heads, text_config_of
+from ..core.moe import MoEProfile, expected_unique_experts
+from ..core.policy import expected_tokens
 
 BYTES_PER_PARAM = {"bf16": 2.0, "8bit": 1.0625, "4bit": 0.5625}  # MLX affine, group 64: +0.5 bit of scale/bias
 

@@ -29,15 +29,10 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .errors import ModelFilesError
+from ..core.errors import ModelFilesError
+from ..core.loading import DEMO_NAMES, demo_home
 
-DEMO_DRAFTERS = "mlx_spec.demo_drafters"
-
-
-def demo_home() -> Path:
-    """Where `mlx-spec demo-models` writes by default ($MLX_SPEC_HOME/demo-models or ~/.cache/mlx-spec/demo-models)."""
-    base = os.environ.get("MLX_SPEC_HOME")
-    return (Path(base).expanduser() if base else Path.home() / ".cache" / "mlx-spec") / "demo-models"
+DEMO_DRAFTERS = "mlx_spec.tools.demo_drafters"
 
 
 @dataclass(frozen=True)
@@ -59,6 +54,7 @@ DEMOS = {
         "Gemma Terms of Use", "Gemma 3 270M base model (no chat tuning: use plain-text prompts)",
     ),
 }
+assert tuple(DEMOS) == DEMO_NAMES  # the core resolves these names without importing this module
 
 
 # ----------------------------------------------------------------------------------------------

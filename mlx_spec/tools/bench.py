@@ -31,15 +31,13 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from . import peers as peer_runtime
-from .errors import MlxSpecError
-from .generate import policy_for_run, user_turn_tokens
-from .loading import SpeculativeModel
-from .sampling import SamplingSettings, make_strategy
-from .speculative import SpecStats, speculative_generate_step
-from .target import Target
-
-T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26, 10: 2.23}
-
+from .stats import mean_ci
+from ..core.errors import MlxSpecError
+from ..generate import policy_for_run, user_turn_tokens
+from ..core.loading import SpeculativeModel
+from ..core.sampling import SamplingSettings, make_strategy
+from ..core.loop import SpecStats, speculative_generate_step
+from ..core.target import Target
 
 class ControlledDrafter:
     """The real drafter at full cost; with probability alpha its proposal becomes the target's own token."""
@@ -97,16 +95,6 @@ def regime(target: Target) -> dict:
         "warning": ("compute-bound regime (CPU without float32 + OpenBLAS): verifying k+1 tokens costs more than one, "
                     "so speedups understate a bandwidth-bound Apple GPU") if compute_bound else None,
     }
-
-
-def _ci(values: list[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    mean = float(np.mean(values))
-    if len(values) < 2:
-        return mean, float("nan")
-    t = T95.get(len(values) - 1, 1.96)
-    return mean, t * float(np.std(values, ddof=1)) / math.sqrt(len(values))
 
 
 @dataclass
@@ -190,7 +178,7 @@ class Bench:
         for config in ["0", *map(str, self.configs)]:
             runs = [r for r in self.runs if r.config == config]
             speedups = [r.decode_tps / plain[(r.prompt, r.repeat)].decode_tps for r in runs]
-            mean, half = _ci(speedups)
+            mean, half = mean_ci(speedups)
             drafted = _sum_positions([r.stats["drafted_per_position"] for r in runs])
             accepted = _sum_positions([r.stats["accepted_per_position"] for r in runs])
             steps = sum(r.stats["steps"] for r in runs)

@@ -38,10 +38,10 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 from mlx_lm.models.cache import KVCache
 
-from .errors import MlxSpecError
-from .model_config import FULL, SLIDING
-from .models import mtp_drafter
-from .target import Target
+from ..core.errors import MlxSpecError
+from ..core.model_config import FULL, SLIDING
+from ..core.models import mtp_drafter
+from ..core.target import Target
 
 TEXT_SUFFIXES = {".txt", ".rst", ".md", ".text", ".py", ".c", ".h", ".html", ".tex", ""}
 CHAT_INSTRUCTIONS = ["Explain this:", "Summarize the following text.", "Continue this text:", "What does this mean?", "Rewrite this more simply:"]

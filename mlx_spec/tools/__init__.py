@@ -1,0 +1,1 @@
+"""Tooling over the core and the API: benchmark and its peers, projections, distillation, demo models."""
