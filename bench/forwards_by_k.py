@@ -19,7 +19,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_spec.core.loading import load_pair
-from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from mlx_spec.core.target import Target
 
 
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     for k in range(0, 9):
         stats = SpecStats()
         t0 = time.perf_counter()
-        out = list(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=k, max_tokens=args.max_tokens, stats=stats))
+        out = token_ids(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=k, max_tokens=args.max_tokens, stats=stats))
         total = time.perf_counter() - t0
         plain = out if k == 0 else plain
         acc = " ".join(f"{a:.2f}" for a in stats.acceptance_per_position) or "-"

@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_spec.core.loading import load_pair
-from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from mlx_spec.core.target import Target
 
 
@@ -63,7 +63,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     for k in range(0, 9):
         stats = SpecStats()
-        list(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=k, max_tokens=args.max_tokens, stats=stats))
+        token_ids(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=k, max_tokens=args.max_tokens, stats=stats))
         d = stats.to_dict()
         tokens = max(1, stats.generated - 1)
         decode_bytes = stats.expert_bytes * (stats.expert_loads - stats.prefill_expert_loads) / max(1, stats.expert_loads)

@@ -20,5 +20,5 @@ spec = {"layout": "text", "seed": 45, "text": t._text_config(
 t.write_target(Path(sys.argv[1]), spec, t.build_tokenizer())
 EOF
 LD_PRELOAD=$BLAS mlx-spec bench --model "$CKPT/proxy/target" --drafter "$CKPT/proxy/drafter" \
-    --prompts bench/prompts/default.jsonl --limit 3 --max-tokens 64 --repeats 2 \
+    --limit 3 --max-tokens 64 --repeats 2 \
     --draft-tokens 1,2,4,8,auto --alpha 0.5,0.7,0.9 --peer-draft-model "$CKPT/proxy-draft" --out bench/out/proxy "$@"

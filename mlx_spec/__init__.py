@@ -10,6 +10,7 @@ from .chat import ChatSession
 from .generate import GenerationResponse, generate, stream_generate
 from .core.loading import SpeculativeModel, load_pair, load_tokenizer
 from .core.loop import SpecStats
+from .core.settings import DraftSettings, SamplingSettings
 
 __version__ = "0.1.0"
 
@@ -32,6 +33,8 @@ __all__ = [
     "GenerationResponse",
     "ChatSession",
     "SpecStats",
+    "SamplingSettings",
+    "DraftSettings",
     "SpeculativeModel",
     "MlxSpecError",
     "ModelFilesError",

@@ -4,20 +4,17 @@ Each turn prefills only what is new: the previous reply's last token (yielded bu
 the target) and the chat-template tokens of the new user message. An interrupted reply (Ctrl-C)
 leaves the cache consistent (the loop trims drafts past the last yielded token), so the
 conversation goes on; if a prefill itself was interrupted, the next turn rebuilds the cache from the
-token history.
+token history. The cache keeps rollback slack for the longest block the draft settings allow.
 """
 
 from __future__ import annotations
 
 from typing import Generator, Optional, Union
 
-from .generate import GenerationResponse, policy_for_run, responses, user_turn_tokens
 from .core.loading import SpeculativeModel
-from .core.sampling import SamplingSettings, make_strategy
-from .core.loop import SpecStats, speculative_generate_step
-from .core.target import Target
-
-MAX_DRAFT = 8
+from .core.loop import SpecStats
+from .core.settings import DraftSettings, SamplingSettings
+from .generate import GenerationResponse, decode, responses, user_turn_tokens
 
 
 class ChatSession:
@@ -33,21 +30,23 @@ class ChatSession:
         min_p: float = 0.0,
         seed: Optional[int] = None,
         ignore_eos: bool = False,
+        sampling: Optional[SamplingSettings] = None,
+        draft: Optional[DraftSettings] = None,
     ):
         self.model, self.tokenizer = model, tokenizer
-        self.max_tokens, self.draft_tokens, self.ignore_eos = max_tokens, draft_tokens, ignore_eos
-        self.settings = SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
-        self.strategy = make_strategy(self.settings, seed)
-        self.seed = seed
-        self.target = Target(model.target.module, model.target.text_config)
-        self.drafter = model.drafter.module if model.drafter is not None else None
+        self.max_tokens, self.ignore_eos = max_tokens, ignore_eos
+        self.sampling = sampling or SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+        self.draft = draft or DraftSettings(draft_tokens)
         self.last_stats: Optional[SpecStats] = None
         self.turns = 0
         self.reset()
 
+    def _new_cache(self) -> list:
+        return self.model.adapter.make_cache(max_rollback=max(1, self.draft.k_max))
+
     def reset(self) -> None:
         """Forget the conversation."""
-        self.cache = self.target.make_cache(max_rollback=MAX_DRAFT)
+        self.cache = self._new_cache()
         self.history: list[int] = []  # tokens the cache holds, in order
         self.pending: Optional[int] = None  # last reply token, not yet read by the target
         self.turns = 0
@@ -63,16 +62,13 @@ class ChatSession:
         """Stream the reply to `message`; closing the generator early keeps the session usable."""
         new = ([self.pending] if self.pending is not None else []) + self._turn_tokens(message)
         if any(c.offset != len(self.history) for c in self.cache):  # an interrupted prefill
-            self.cache = self.target.make_cache(max_rollback=MAX_DRAFT)
+            self.cache = self._new_cache()
             new, self.history = self.history + new, []
         stats = SpecStats()
         self.last_stats = stats
         stop = set() if self.ignore_eos else set(self.tokenizer.eos_token_ids)
-        policy = policy_for_run(self.model, self.target, self.drafter, self.draft_tokens, self.seed, MAX_DRAFT)
-        steps = speculative_generate_step(
-            new, self.target, self.drafter, policy=policy, max_tokens=self.max_tokens, stop_tokens=stop,
-            strategy=self.strategy, stats=stats, cache=self.cache,
-        )
+        steps = decode(self.model, new, self.sampling, self.draft, max_tokens=self.max_tokens, stop=stop,
+                       stats=stats, cache=self.cache)
         self.turns += 1
         replied: list[int] = []
         try:

@@ -21,11 +21,9 @@ def _root() -> None:
 
 
 def _summary(pair) -> dict:
-    from .core.target import Target
-
     target, drafter = pair.target, pair.drafter
     t, d = target.text_config, drafter.text_config
-    adapter = Target(target.module, t, track_experts=False)
+    adapter = pair.adapter
     if drafter.config.get("model_type") == "mlx_spec_mtp":
         layers, head = drafter.config["layers"], drafter.config.get("head_size") or "whole vocabulary"
         drafter_info = {"layers": len(layers), "hidden_size": drafter.config["hidden_size"], "reads_layers": [s["reads_layer"] for s in layers],
@@ -80,16 +78,10 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
-def _parse_draft_tokens(text: str):
-    if text == "auto":
-        return "auto"
-    try:
-        k = int(text)
-    except ValueError:
-        k = -1
-    if not 0 <= k <= 32:
-        raise MlxSpecError(f"--draft-tokens takes auto or a number from 0 to 32 (got {text!r}).")
-    return k
+def _draft_settings(text: str, no_draft: bool = False, exact_verify: bool = False):
+    from .core.settings import DraftSettings
+
+    return DraftSettings(0 if no_draft else DraftSettings.parse(text).draft_tokens, exact_verify=exact_verify)
 
 
 @app.command()
@@ -107,28 +99,28 @@ def generate(
     top_k: int = typer.Option(0, "--top-k", help="Sample from the k most likely tokens (0: off)."),
     min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min-p times the top probability (0: off)."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same output."),
-    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="Drafts per step: auto (adaptive, may choose none) or N (0: plain decoding)."),
+    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="Drafts per step: auto (adaptive, may choose none) or N, 0 to 32 (0: plain decoding)."),
+    exact_verify: bool = typer.Option(False, "--exact-verify", help="Verify drafts with plain decoding's own 1-row forwards: greedy output bit-identical to plain decoding on any backend, at plain decoding's cost or more."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at end-of-sequence tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: tokens, text, stats."),
 ) -> None:
     """Generate with speculative decoding; the output is exactly what the target alone would give."""
     from . import load
+    from .core.settings import SamplingSettings
     from .generate import stream_generate, user_turn_tokens
-    from .core.sampling import SamplingSettings
 
     if (prompt is None) == (prompt_ids is None):
         raise MlxSpecError("give exactly one of --prompt TEXT or --prompt-ids 2,17,9.")
     if max_tokens < 1:
         raise MlxSpecError(f"--max-tokens must be at least 1 (got {max_tokens}).")
-    k = 0 if no_draft else _parse_draft_tokens(draft_tokens)
-    SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)  # validate before loading
+    draft = _draft_settings(draft_tokens, no_draft, exact_verify)
+    sampling = SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)  # validated before loading
     ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
     pair, tokenizer = load(model, drafter)
     if ids is None:
         ids = user_turn_tokens(tokenizer, prompt, chat_template)
     tokens, text, response = [], "", None
-    for response in stream_generate(pair, tokenizer, ids if ids is not None else prompt, max_tokens=max_tokens,
-                                    draft_tokens=k, temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+    for response in stream_generate(pair, tokenizer, ids, max_tokens=max_tokens, sampling=sampling, draft=draft,
                                     ignore_eos=ignore_eos):
         tokens.append(response.token)
         text += response.text
@@ -165,23 +157,22 @@ def chat(
     top_k: int = typer.Option(0, "--top-k"),
     min_p: float = typer.Option(0.0, "--min-p"),
     seed: Optional[int] = typer.Option(None, "--seed"),
-    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N (0: plain decoding)."),
+    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N, 0 to 32 (0: plain decoding)."),
+    exact_verify: bool = typer.Option(False, "--exact-verify", help="Greedy replies bit-identical to plain decoding on any backend (see generate --help)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Replies always run to --max-tokens."),
 ) -> None:
     """Chat in the terminal. /reset forgets the conversation, /stats shows the last reply's numbers;
     Ctrl-C stops a reply (the conversation goes on), Ctrl-D exits."""
     from . import load
     from .chat import ChatSession
+    from .core.settings import SamplingSettings
 
     if max_tokens < 1:
         raise MlxSpecError(f"--max-tokens must be at least 1 (got {max_tokens}).")
-    k = _parse_draft_tokens(draft_tokens)
-    from .core.sampling import SamplingSettings
-
-    SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p)
+    draft = _draft_settings(draft_tokens, exact_verify=exact_verify)
+    sampling = SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
     pair, tokenizer = load(model, drafter)
-    session = ChatSession(pair, tokenizer, max_tokens=max_tokens, draft_tokens=k, temp=temp, top_p=top_p,
-                          top_k=top_k, min_p=min_p, seed=seed, ignore_eos=ignore_eos)
+    session = ChatSession(pair, tokenizer, max_tokens=max_tokens, sampling=sampling, draft=draft, ignore_eos=ignore_eos)
     typer.echo(f"[mlx-spec chat: {pair.target.name} + {pair.drafter.name}; /reset, /stats, Ctrl-C stops a reply, Ctrl-D exits]")
     last = None
     while True:
@@ -218,8 +209,8 @@ def chat(
 def bench(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id."),
-    prompts: str = typer.Option("bench/prompts/default.jsonl", "--prompts", help="JSON lines: name, category, prompt."),
-    draft_tokens: str = typer.Option("1,2,4,8,auto", "--draft-tokens", help="Comma-separated draft lengths and/or auto."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="JSON lines: name, category, prompt (default: the bundled set)."),
+    draft_tokens: str = typer.Option("1,2,4,8,auto", "--draft-tokens", help="Comma-separated draft lengths and/or auto; exact-N / exact-auto verify with plain decoding's 1-row forwards."),
     max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens generated per run."),
     repeats: int = typer.Option(3, "--repeats", help="Measured passes over the prompts."),
     temp: str = typer.Option("0", "--temp", help="Sampling temperature(s), e.g. 0,0.7 (0: greedy, checked token-identical to plain)."),
@@ -234,10 +225,10 @@ def bench(
     from pathlib import Path
 
     from . import load
-    from .tools.bench import Bench, load_prompts, markdown, plot
+    from .tools.bench import Bench, default_prompts, load_prompts, markdown, parse_configs, plot
     from .tools.peers import make_peers, parse_peers
 
-    configs = [_parse_draft_tokens(x.strip()) for x in draft_tokens.split(",") if x.strip()]
+    configs = parse_configs(draft_tokens)
     if not configs or max_tokens < 2 or repeats < 1:
         raise MlxSpecError("bench needs at least one --draft-tokens value, --max-tokens >= 2 and --repeats >= 1.")
     try:
@@ -256,7 +247,7 @@ def bench(
     if peer_draft_tokens < 1:
         raise MlxSpecError("--peer-draft-tokens must be at least 1.")
     pair, tokenizer = load(model, drafter)
-    prompt_set = load_prompts(Path(prompts), tokenizer, limit)
+    prompt_set = load_prompts(Path(prompts) if prompts else default_prompts(), tokenizer, limit)
     peer_list = make_peers(peer_names, pair, tokenizer, peer_draft_model, peer_draft_tokens)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

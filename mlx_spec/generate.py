@@ -1,19 +1,23 @@
-"""Public generation API shaped like mlx-lm's: `stream_generate` yields responses, `generate` returns text."""
+"""Public generation API shaped like mlx-lm's: `stream_generate` yields responses, `generate` returns text.
+
+The keyword arguments of the public functions are the edge: they become a `SamplingSettings` and a
+`DraftSettings` once (or pass those objects directly), and `decode` turns the settings into the
+loop's strategy and policy. Chat and the benchmark decode through the same `decode`.
+"""
 
 from __future__ import annotations
 
-import copy
 import time
-from dataclasses import dataclass, field
-from typing import Generator, Optional, Sequence, Union
+from dataclasses import dataclass, field, replace
+from typing import Generator, Iterable, Optional, Sequence, Union
 
 import mlx.core as mx
 
 from .core.loading import SpeculativeModel
-from .core.policy import make_policy, measure_costs, static_costs
-from .core.sampling import SamplingSettings, make_strategy
-from .core.loop import SpecStats, speculative_generate_step
-from .core.target import Target
+from .core.loop import SpecStats, measure_step_costs, speculative_generate_step
+from .core.policy import FixedPolicy, byte_costs, make_policy
+from .core.sampling import make_strategy
+from .core.settings import DraftSettings, SamplingSettings
 
 
 @dataclass
@@ -32,20 +36,38 @@ class GenerationResponse:
     stats: SpecStats = field(default_factory=SpecStats)
 
 
-def policy_for_run(model: SpeculativeModel, target: Target, drafter, draft_tokens: Union[int, str],
-                   seed: Optional[int], k_max: int = 8):
-    """Fixed k, or adaptive k priced by costs measured once per loaded pair (by weight bytes when
-    seeded: measured timings vary run to run and would change k, hence the random draws, so a seeded
-    run must not depend on them)."""
-    if draft_tokens != "auto" or drafter is None:
-        return make_policy(draft_tokens, target, drafter, k_max)
-    if seed is not None:
-        costs = static_costs(target, drafter, k_max)
-    else:
-        if model.costs is None:
-            model.costs = measure_costs(target, drafter, k_max)
-        costs = copy.deepcopy(model.costs)
-    return make_policy("auto", target, drafter, k_max, costs=costs)
+def policy_for(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings, drafter=None):
+    """Fixed k, or adaptive k priced by step costs measured once per loaded pair and settings kind
+    (re-measured when the observed step time has drifted), or by weight bytes when seeded: timings
+    vary run to run and would change k, hence the random draws, so a seeded run must not use them."""
+    drafter = drafter if drafter is not None else model.draft_model
+    if drafter is None:
+        return FixedPolicy(0)
+    if not draft.adaptive:
+        return make_policy(draft)
+    if sampling.seed is not None:
+        return make_policy(draft, byte_costs(model.adapter, drafter, draft.k_max))
+    key = (sampling.greedy, draft.exact_verify, draft.k_max)
+    costs = model.costs.get(key)
+    if costs is None or costs.stale:
+        measuring = make_strategy(replace(sampling, seed=0))  # its own random stream, not the run's
+        costs = model.costs[key] = measure_step_costs(model.adapter, drafter, draft.k_max, measuring, draft.exact_verify)
+    return make_policy(draft, costs)
+
+
+def decode(model: SpeculativeModel, prompt: Sequence[int], sampling: SamplingSettings, draft: DraftSettings, *,
+           max_tokens: int, stop: Iterable[int] = (), stats: Optional[SpecStats] = None, cache: Optional[list] = None,
+           max_context: Optional[int] = None, drafter=None) -> Generator[tuple[int, bool], None, None]:
+    """The loop with the strategy and policy these settings mean: yields (token, from_draft).
+    `drafter` overrides the model's own (the benchmark's controlled-acceptance wrapper)."""
+    drafter = drafter if drafter is not None else model.draft_model
+    if draft.k_max == 0:
+        drafter = None
+    return speculative_generate_step(
+        prompt, model.adapter, drafter, policy=policy_for(model, sampling, draft, drafter), strategy=make_strategy(sampling),
+        exact_verify=draft.exact_verify, max_tokens=max_tokens, stop_tokens=stop, stats=stats, cache=cache,
+        max_context=max_context,
+    )
 
 
 def user_turn_tokens(tokenizer, text: str, chat_template: bool = True) -> list[int]:
@@ -56,12 +78,12 @@ def user_turn_tokens(tokenizer, text: str, chat_template: bool = True) -> list[i
     return list(tokenizer.encode(text))
 
 
-def _prompt_ids(tokenizer, prompt: Union[str, Sequence[int], mx.array]) -> list[int]:
+def _prompt_ids(tokenizer, prompt: Union[str, Sequence[int], mx.array]) -> list:
     if isinstance(prompt, str):
         return list(tokenizer.encode(prompt))
     if isinstance(prompt, mx.array):
         return prompt.reshape(-1).tolist()
-    return [int(t) for t in prompt]
+    return list(prompt)  # checked against the vocabulary by the loop
 
 
 def stream_generate(
@@ -71,6 +93,7 @@ def stream_generate(
     max_tokens: int = 256,
     draft_tokens: Union[int, str] = "auto",
     max_draft_tokens: int = 8,
+    exact_verify: bool = False,
     temp: float = 0.0,
     top_p: float = 0.0,
     top_k: int = 0,
@@ -78,37 +101,34 @@ def stream_generate(
     seed: Optional[int] = None,
     ignore_eos: bool = False,
     max_context: Optional[int] = None,
+    sampling: Optional[SamplingSettings] = None,
+    draft: Optional[DraftSettings] = None,
 ) -> Generator[GenerationResponse, None, None]:
     """Speculative decoding that yields exactly what the target alone would: its greedy tokens at
     temp 0, samples from its (filtered, tempered) distribution otherwise (rejection sampling).
 
     draft_tokens: "auto" (adaptive, up to max_draft_tokens; may choose plain decoding) or a fixed k
-    (0: plain decoding through the same loop).
+    (0: plain decoding through the same loop). exact_verify: greedy output bit-identical to plain
+    decoding on any backend (see README). `sampling` / `draft` objects replace the keywords.
     """
+    sampling = sampling or SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify)
     ids = _prompt_ids(tokenizer, prompt)
-    target = Target(model.target.module, model.target.text_config)
-    drafter = model.drafter.module if model.drafter is not None else None
-    strategy = make_strategy(SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p), seed)
-    policy = policy_for_run(model, target, drafter, draft_tokens, seed, max_draft_tokens)
     stop = set() if ignore_eos else set(tokenizer.eos_token_ids)
     stats = SpecStats()
-    steps = speculative_generate_step(
-        ids, target, drafter, policy=policy, max_tokens=max_tokens, strategy=strategy,
-        stop_tokens=stop, max_context=max_context, stats=stats,
-    )
+    steps = decode(model, ids, sampling, draft, max_tokens=max_tokens, stop=stop, stats=stats, max_context=max_context)
     yield from responses(tokenizer, steps, stats, len(ids), max_tokens, stop)
 
 
 def responses(tokenizer, steps, stats: SpecStats, prompt_tokens: int, max_tokens: int, stop: set,
               on_token=None) -> Generator[GenerationResponse, None, None]:
-    """Turn a stream of token ids from the loop into detokenized GenerationResponses."""
+    """Turn the loop's (token, from_draft) stream into detokenized GenerationResponses."""
     detokenizer = tokenizer.detokenizer
     detokenizer.reset()
     tic = time.perf_counter()
     prompt_tps = 0.0
     n = 0
-    accepted_seen = 0
-    for token in steps:
+    for token, from_draft in steps:
         if on_token is not None:
             on_token(token)
         if n == 0:
@@ -116,9 +136,6 @@ def responses(tokenizer, steps, stats: SpecStats, prompt_tokens: int, max_tokens
             prompt_tps = prompt_tokens / prompt_time if prompt_time else 0.0
             tic = time.perf_counter()
         n += 1
-        from_draft = stats.accepted > accepted_seen  # accepted drafts are yielded right after their verify
-        if from_draft:
-            accepted_seen += 1
         finish = None
         if token in stop:
             finish = "stop"

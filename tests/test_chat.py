@@ -14,7 +14,7 @@ import pytest
 
 import mlx_spec
 from mlx_spec.chat import ChatSession
-from mlx_spec.core.loop import speculative_generate_step
+from mlx_spec.core.loop import speculative_generate_step, token_ids
 from mlx_spec.core.target import Target
 
 
@@ -124,7 +124,7 @@ def test_session_continuation_equals_a_fresh_prefill(tiny):
     target = Target(model.target.module, model.target.text_config)
     turn = session._turn_tokens("Last one")
     history = session.history + [session.pending] + turn
-    fresh = list(speculative_generate_step(history, target, None, max_tokens=24))
+    fresh = token_ids(speculative_generate_step(history, target, None, max_tokens=24))
     assert [r.token for r in session.ask("Last one")] == fresh
     assert session.last_stats.prompt_tokens == 1 + len(turn)  # only the new tokens were prefilled
 

@@ -22,7 +22,7 @@ from mlx_spec.core.errors import MlxSpecError, PairMismatchError
 from mlx_spec.core.loading import load_target, load_tokenizer
 from mlx_spec.core.model_config import FULL, SLIDING
 from mlx_spec.core.models import mtp_drafter
-from mlx_spec.core.loop import speculative_generate_step
+from mlx_spec.core.loop import speculative_generate_step, token_ids
 from mlx_spec.core.target import Target
 
 CONFIGS = {
@@ -124,7 +124,11 @@ def test_distill_writes_a_drafter_that_learned_and_loads(distilled):
         assert saved["steps"] == 30 and saved["collected_tokens"] == 3 * 4 * 64
         assert 0 < report.head_coverage <= 1 and report.head_size == 64
         acc = report.heldout["acceptance_per_position"]
-        assert len(acc) == 3 and all(0 <= a <= 1 for a in acc)
+        drafted = report.heldout["drafted_per_position"]
+        assert len(acc) == 3 and drafted[0] > 0
+        for j in range(2):  # draft j + 2 is scored only where draft j + 1 was right
+            assert drafted[j + 1] <= round(acc[j] * drafted[j]), (kind, acc, drafted)
+        assert report.heldout["expected_accepted_at_k"]["1"] == pytest.approx(acc[0])
         assert (folder / ".distill" / "checkpoint" / "state.json").exists()
 
 
@@ -168,9 +172,9 @@ def test_distilled_pair_is_lossless_past_the_window(kind, targets, distilled, tm
     pair, _ = load(str(targets[kind]), str(folder))
     target = Target(pair.target.module, pair.target.text_config)
     prompt = [2, 40, 41, 42, 43, 44, 45]
-    plain = list(speculative_generate_step(prompt, target, None, draft_tokens=0, max_tokens=60))
+    plain = token_ids(speculative_generate_step(prompt, target, None, draft_tokens=0, max_tokens=60))
     for k in (1, 3, 5):
-        spec = list(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=k, max_tokens=60))
+        spec = token_ids(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=k, max_tokens=60))
         assert spec == plain, (kind, k)
 
 

@@ -14,9 +14,9 @@ import pytest
 from mlx_spec import configs
 from mlx_spec.core.loading import load_pair
 from mlx_spec.core.moe import MoEProfile, expected_unique_experts
-from mlx_spec.core.policy import AdaptivePolicy, MeasuredCosts, MoECosts
+from mlx_spec.core.policy import AdaptivePolicy, StepCosts
 from mlx_spec.tools.projection import BYTES_PER_PARAM, best_k, drafter_params, profile, speedup
-from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from mlx_spec.core.target import Target
 from test_policy import simulate
 
@@ -46,7 +46,7 @@ def test_counts_are_exact_on_forced_routing(tiny, variant):
     prompt = [2] + list(range(30, 45))
     for k in (0, 1, 3, 8):
         stats = SpecStats()
-        list(speculative_generate_step(prompt, target, drafter, draft_tokens=k, max_tokens=40, stats=stats))
+        token_ids(speculative_generate_step(prompt, target, drafter, draft_tokens=k, max_tokens=40, stats=stats))
         forwards = [len(prompt)] + [len(d) + 1 for d in stats.drafts_per_step]
         expected = MOE_LAYERS * sum(min(E, n + 1) for n in forwards)
         assert stats.expert_loads == expected, (k, stats.expert_loads, expected)
@@ -69,12 +69,12 @@ def test_greedy_identical_with_instrumentation(tiny, variant):
     """Counting and the grouped (sorted-by-expert) verify change no token: compared with mlx-lm's own path."""
     plain_target, drafter = load_target(tiny, variant, track_experts=False)
     prompt = [2] + list(np.random.RandomState(4).randint(5, 512, size=30))
-    reference = list(speculative_generate_step(prompt, plain_target, None, max_tokens=120))
+    reference = token_ids(speculative_generate_step(prompt, plain_target, None, max_tokens=120))
     tracked, _ = load_target(tiny, variant)
     assert tracked.moe is not None and plain_target.moe is None
     for k in (0, 2, 5):
         stats = SpecStats()
-        assert list(speculative_generate_step(prompt, tracked, drafter, draft_tokens=k, max_tokens=120, stats=stats)) == reference
+        assert token_ids(speculative_generate_step(prompt, tracked, drafter, draft_tokens=k, max_tokens=120, stats=stats)) == reference
         assert stats.expert_loads > 0
 
 
@@ -105,9 +105,9 @@ def test_union_formula():
 def test_policy_picks_shorter_drafts_for_moe_than_dense():
     """Same acceptance, same drafter cost share: pricing the expert union shortens the draft."""
     prof = MoEProfile(dense_bytes=1.0, expert_bytes=[0.25 / 8] * 4, num_experts=128, top_k=8)  # experts: 50% of a step
-    moe_costs = MoECosts(draft_seconds=0.1 * prof.verify_bytes(1), seconds_per_byte=1.0, compute_per_token=0.0,
-                         profile=prof, smoothing=0.0)
-    dense_costs = MeasuredCosts(0.1 * prof.verify_bytes(1), [prof.verify_bytes(1)] * 9, smoothing=0.0)
+    draft = 0.1 * prof.verify_bytes(1)
+    moe_costs = StepCosts([k * draft + prof.verify_bytes(k + 1) for k in range(9)], smoothing=0.0)  # as byte_costs prices an MoE
+    dense_costs = StepCosts([k * draft + prof.verify_bytes(1) for k in range(9)], smoothing=0.0)
     for alpha in (0.6, 0.8, 0.9):
         k_moe = int(np.median(simulate(AdaptivePolicy(8, moe_costs), alpha)[100:]))
         k_dense = int(np.median(simulate(AdaptivePolicy(8, dense_costs), alpha)[100:]))

@@ -11,12 +11,13 @@ from conftest import ROOT
 from typer.testing import CliRunner
 
 import mlx_spec
+from mlx_spec.core.settings import DraftSettings
 from mlx_spec.tools.bench import Bench, load_prompts, markdown
 from mlx_spec.cli import app
 from mlx_spec.core.errors import MlxSpecError
 from mlx_spec.tools.peers import make_peers, parse_peers
 
-PROMPTS = ROOT / "bench" / "prompts" / "default.jsonl"
+PROMPTS = ROOT / "mlx_spec" / "tools" / "prompts" / "default.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_peer_without_draft_model_is_skipped(tiny):
     model, tokenizer = mlx_spec.load(tiny / "e2b" / "target", tiny / "e2b" / "drafter-trained")
     prompts = load_prompts(PROMPTS, tokenizer, limit=1)
     peers = make_peers(["mlx-lm-spec", "mlx-lm"], model, tokenizer, draft_model=None)
-    result = Bench(model, tokenizer, prompts, [2], max_tokens=12, repeats=1, peers=peers).run(progress=False)
+    result = Bench(model, tokenizer, prompts, [DraftSettings(2)], max_tokens=12, repeats=1, peers=peers).run(progress=False)
     skipped, plain = result["peers"]
     assert skipped["status"] == "skipped" and "--peer-draft-model" in skipped["reason"]
     assert "decode_tps" not in skipped
@@ -76,7 +77,7 @@ def test_mlx_lm_spec_lossless_on_kv_shared_and_moe_targets(tiny, draft_model):
         model, tokenizer = mlx_spec.load(tiny / variant / "target", tiny / variant / "drafter-trained")
         prompts = load_prompts(PROMPTS, tokenizer, limit=1)
         peers = make_peers(["mlx-lm-spec"], model, tokenizer, draft_model=str(draft_model), draft_tokens=2)
-        result = Bench(model, tokenizer, prompts, [2], max_tokens=40, repeats=1, peers=peers).run(progress=False)
+        result = Bench(model, tokenizer, prompts, [DraftSettings(2)], max_tokens=40, repeats=1, peers=peers).run(progress=False)
         row = result["peers"][0]
         assert row["status"] == "ran" and row["same_as_our_plain"], (variant, row)
         if variant == "moe":

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 
 from mlx_spec.core.loading import load_pair
-from mlx_spec.core.policy import AdaptivePolicy, MeasuredCosts, expected_tokens, make_policy, measure_costs
-from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.loop import measure_step_costs
+from mlx_spec.core.policy import AdaptivePolicy, MoECosts, StepCosts, expected_tokens
+from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from mlx_spec.core.target import Target
 from test_speculative import ConstantDrafter, OracleDrafter
 
 
-def flat_costs():  # bandwidth-bound dense target: verifying 1..9 tokens costs the same
-    return MeasuredCosts(draft_seconds=0.1, verify_seconds=[1.0] * 9, smoothing=0.0)
+def flat_costs():  # bandwidth-bound dense target: verifying 1..9 tokens costs the same, a draft step 0.1
+    return StepCosts([1.0 + 0.1 * k for k in range(9)], smoothing=0.0)
 
 
 def simulate(policy, alpha: float, steps: int = 300, seed: int = 0) -> list[int]:
@@ -25,7 +26,7 @@ def simulate(policy, alpha: float, steps: int = 300, seed: int = 0) -> list[int]
         n = 0
         while n < k and rng.random_sample() < alpha:
             n += 1
-        policy.update(k, n, 0.1 * k, 1.0)
+        policy.update(k, n, 1.0 + 0.1 * k)
         chosen.append(k)
     return chosen
 
@@ -55,7 +56,7 @@ def test_expensive_verify_picks_shorter_drafts():
     """Same acceptance; verify cost growing with tokens (an MoE loading more experts) -> smaller k."""
     alpha = 0.7
     dense = int(np.median(simulate(AdaptivePolicy(8, flat_costs()), alpha)[100:]))
-    growing = MeasuredCosts(draft_seconds=0.1, verify_seconds=[1.0 + 0.45 * i for i in range(9)], smoothing=0.0)
+    growing = StepCosts([0.1 * k + 1.0 + 0.45 * k for k in range(9)], smoothing=0.0)
     moe = int(np.median(simulate(AdaptivePolicy(8, growing), alpha)[100:]))
     assert moe < dense
 
@@ -79,26 +80,52 @@ def test_auto_end_to_end(dense):
     output stays the target's greedy output."""
     target, drafter = dense
     prompt = [2] + list(range(20, 60))
-    plain = list(speculative_generate_step(prompt, target, None, max_tokens=150))
-    costs = MeasuredCosts(draft_seconds=1e-4, verify_seconds=[1e-3] * 9, smoothing=0.0)
+    plain = token_ids(speculative_generate_step(prompt, target, None, max_tokens=150))
+    costs = [1e-3 + 1e-4 * k for k in range(9)]
     oracle = OracleDrafter(prompt, plain, target.vocab_size, target.hidden_size, drafter.sliding_span)
     never = ConstantDrafter(target.vocab_size, target.hidden_size, drafter.sliding_span)
     for d, check in ((oracle, lambda ks: np.median(ks) == 8), (never, lambda ks: ks.count(0) / len(ks) > 0.8)):
-        policy = AdaptivePolicy(8, MeasuredCosts(costs.draft_seconds, list(costs.verify_seconds), 0.0))
-        out = list(speculative_generate_step(prompt, target, d, policy=policy, max_tokens=150))
+        policy = AdaptivePolicy(8, StepCosts(list(costs), smoothing=0.0))
+        out = token_ids(speculative_generate_step(prompt, target, d, policy=policy, max_tokens=150))
         assert out == plain
         assert check(policy.history[10:]), policy.history
     # and with the distilled drafter and measured costs, still exact
-    policy = make_policy("auto", target, drafter)
+    policy = AdaptivePolicy(8, measure_step_costs(target, drafter, 8))
     stats = SpecStats()
-    assert list(speculative_generate_step(prompt, target, drafter, policy=policy, max_tokens=150, stats=stats)) == plain
+    assert token_ids(speculative_generate_step(prompt, target, drafter, policy=policy, max_tokens=150, stats=stats)) == plain
 
 
 def test_measured_cost_table(dense):
+    """Whole-step costs for k = 0..4 from the real step: positive, and drafting more costs more."""
     target, drafter = dense
-    costs = measure_costs(target, drafter, 4, repeats=2)
-    assert len(costs.verify_seconds) == 5 and all(t > 0 for t in costs.verify_seconds)
-    assert costs.draft_seconds > 0
+    costs = measure_step_costs(target, drafter, 4, repeats=3)
+    assert len(costs.seconds) == 5 and all(t > 0 for t in costs.seconds)
+    assert costs.seconds[4] > costs.seconds[0]  # four draft steps and a 5-token verify vs one plain step
+
+
+def test_costs_follow_observations_and_go_stale():
+    """An observed step moves its own entry and a global drift; a lasting drift marks the table stale."""
+    costs = StepCosts([1.0, 1.2, 1.4])
+    costs.observe(1, 1.2)
+    assert costs.step(1) == pytest.approx(1.2) and not costs.stale
+    costs.observe(2, 100.0)  # one wild outlier is clipped: at most a 2x ratio, smoothed
+    assert costs.step(2) < 1.4 * 1.2
+    for _ in range(60):
+        costs.observe(0, 2.0)  # the machine got twice as slow
+    assert costs.stale and costs.step(0) == pytest.approx(2.0, rel=0.1)
+    assert costs.step(1) > 1.2 * 1.3  # unobserved k follow the drift
+
+
+def test_moe_costs_correct_for_the_experts_text_routes_to(tiny):
+    """Measured on random tokens (wide routing); once real forwards route to fewer experts, the
+    predicted step cost falls by those experts' bytes."""
+    pair = load_pair(tiny / "moe" / "target", tiny / "moe" / "drafter-trained")
+    target, drafter = pair.adapter, pair.draft_model
+    costs = measure_step_costs(target, drafter, 3, repeats=2)
+    assert isinstance(costs, MoECosts) and costs.measured_union[3] > costs.measured_union[0]
+    before = costs.step(3)
+    target.moe._per_forward[:] = [(4, 2 * target.moe.profile.num_moe_layers)]  # 4-token forwards seen loading 2 experts per layer
+    assert costs.step(3) < before
 
 
 def test_seeded_auto_runs_are_reproducible(tiny):

@@ -11,12 +11,15 @@ from p instead of max(0, p - q) after a rejection) must fail the same check, so 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
+import mlx.core as mx
 import numpy as np
 import pytest
 
 from mlx_spec.core.errors import MlxSpecError
-from mlx_spec.core.sampling import Distribution, RejectionSampler, SamplingSettings, Strategy, make_strategy
-from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.sampling import Distribution, RejectionSampler, SamplingSettings, make_strategy
+from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from tabular import TabularDrafter, TabularTarget, chi_square, chi_square_critical, empirical
 
 V = 5
@@ -28,14 +31,18 @@ SETTINGS = SamplingSettings(temp=0.9)
 class BiasedRejectionSampler(RejectionSampler):
     """Wrong on purpose: after a rejection it samples from p instead of normalize(max(0, p - q))."""
 
-    def __call__(self, drafts, draft_logits, target_logits):
-        p = np.array(self.distribution(target_logits), dtype=np.float64)
-        tokens = drafts.tolist()
-        q = np.array(self.distribution(draft_logits), dtype=np.float64) if tokens else None
-        for i, x in enumerate(tokens):
-            if self.rng.random() * q[i, x] >= p[i, x]:
-                return i, self._draw(p[i])
-        return len(tokens), self._draw(p[len(tokens)])
+    def accept(self, drafts, draft_logits, target_logits):
+        k = drafts.shape[0]
+        p = self.distribution(target_logits)
+        if k == 0:
+            return super().accept(drafts, draft_logits, target_logits)
+        q = self.distribution(draft_logits)
+        index = drafts.reshape(k, 1)
+        p_x = mx.take_along_axis(p[:k], index, axis=-1).reshape(k)
+        q_x = mx.take_along_axis(q, index, axis=-1).reshape(k)
+        n = mx.cumprod((mx.random.uniform(shape=(k,), key=self.key()) * q_x < p_x).astype(mx.int32)).sum()
+        candidates = mx.random.categorical(mx.log(p), key=self.key())  # the bug: p, not the residual
+        return n, mx.take(candidates.astype(mx.int32), n).reshape(1)
 
 
 def drafters(target: TabularTarget) -> dict:
@@ -54,7 +61,7 @@ def sample_first_three(target, drafter, strategy, n=N, k=2) -> tuple[list[tuple]
     samples = []
     for _ in range(n):
         stats = SpecStats()
-        out = list(speculative_generate_step(PROMPT, target, drafter, draft_tokens=k, max_tokens=5, strategy=strategy, stats=stats))
+        out = token_ids(speculative_generate_step(PROMPT, target, drafter, draft_tokens=k, max_tokens=5, strategy=strategy, stats=stats))
         samples.append(tuple(out[:3]))
         total.drafted += stats.drafted
         total.accepted += stats.accepted
@@ -73,7 +80,7 @@ def exact(target):
 
 @pytest.mark.parametrize("name", ["equal", "random", "adversarial"])
 def test_speculative_sampling_matches_the_target(target, exact, name):
-    strategy = make_strategy(SETTINGS, seed=11)
+    strategy = make_strategy(replace(SETTINGS, seed=11))
     samples, stats = sample_first_three(target, drafters(target)[name], strategy)
     stat, df = chi_square(empirical(samples), exact, len(samples))
     assert stat < chi_square_critical(df), (name, stat, df)
@@ -85,9 +92,8 @@ def test_speculative_sampling_matches_the_target(target, exact, name):
 
 
 def test_biased_sampler_is_caught(target, exact):
-    biased = BiasedRejectionSampler(SETTINGS, seed=11)
-    strategy = Strategy(first=biased.first_token, draft=biased.distribution.sample, accept=biased)
-    samples, _ = sample_first_three(target, drafters(target)["adversarial"], strategy)
+    biased = BiasedRejectionSampler(replace(SETTINGS, seed=11))
+    samples, _ = sample_first_three(target, drafters(target)["adversarial"], biased)
     stat, df = chi_square(empirical(samples), exact, len(samples))
     assert stat > chi_square_critical(df), (stat, df)
 
@@ -96,7 +102,7 @@ def test_filters_apply_to_p_and_q(target):
     """top-k / top-p / min-p shape both distributions; the output stays exact under them."""
     settings = SamplingSettings(temp=0.7, top_k=3, top_p=0.95, min_p=0.02)
     exact = target.exact_joint(PROMPT, 3, Distribution(settings))
-    strategy = make_strategy(settings, seed=3)
+    strategy = make_strategy(replace(settings, seed=3))
     samples, _ = sample_first_three(target, drafters(target)["random"], strategy, n=3000)
     assert all(exact[s] > 0 for s in samples)  # never a filtered-out token
     stat, df = chi_square(empirical(samples), exact, len(samples))
@@ -105,7 +111,7 @@ def test_filters_apply_to_p_and_q(target):
 
 def test_seed_makes_runs_reproducible(target):
     def run(seed):
-        return sample_first_three(target, drafters(target)["random"], make_strategy(SETTINGS, seed=seed), n=50)[0]
+        return sample_first_three(target, drafters(target)["random"], make_strategy(replace(SETTINGS, seed=seed)), n=50)[0]
 
     assert run(7) == run(7)
     assert run(7) != run(8)

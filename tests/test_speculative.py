@@ -17,9 +17,10 @@ import pytest
 from mlx.utils import tree_flatten
 
 from conftest import FIXTURES, QUANTIZED, VARIANTS
+from ties import check_lossless, plain_reference
 from mlx_spec.core.errors import MlxSpecError
 from mlx_spec.core.loading import load_pair
-from mlx_spec.core.loop import SpecStats, speculative_generate_step
+from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from mlx_spec.core.target import Target
 
 TOKENS = 300
@@ -34,7 +35,7 @@ def models(tiny):
     out = {}
     for variant in (*VARIANTS, *QUANTIZED):
         pair = load_pair(tiny / variant / "target", drafter_dir(tiny, variant))
-        out[variant] = (Target(pair.target.module, pair.target.text_config), pair.drafter.module)
+        out[variant] = (pair.adapter, pair.draft_model)
     return out
 
 
@@ -49,33 +50,97 @@ def prompts(target: Target) -> dict[str, list[int]]:
 
 def run(target, drafter, prompt, k, tokens=TOKENS, **kw):
     stats = SpecStats()
-    out = list(speculative_generate_step(prompt, target, drafter, draft_tokens=k, max_tokens=tokens, stats=stats, **kw))
+    out = token_ids(speculative_generate_step(prompt, target, drafter, draft_tokens=k, max_tokens=tokens, stats=stats, **kw))
     return out, stats
-
-
-def first_difference(a, b):
-    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None)
 
 
 @pytest.mark.parametrize("variant", (*VARIANTS, *QUANTIZED))
 def test_speculative_equals_plain_greedy(models, variant):
+    """Token for token on CPU; on GPU kernels any divergence must sit at a near-tie of plain's logits."""
     target, drafter = models[variant]
     accepted_any = rejected_any = False
     chosen = prompts(target)
     if variant in QUANTIZED or variant == "e2b":  # quantized: float sources' code path; e2b: slow (low acceptance)
         chosen = dict(list(chosen.items())[:2])  # a short prompt and one longer than 3 windows
     for name, prompt in chosen.items():
+        reference, margins = plain_reference(target, prompt, TOKENS)
         plain, plain_stats = run(target, drafter, prompt, 0)
         assert len(plain) == TOKENS and plain_stats.target_forwards == TOKENS  # plain: one forward per token
+        check_lossless(plain, reference, margins, f"{variant} {name} plain loop", exact=True)  # the same 1-row computation
         for k in range(1, 9):
             spec, stats = run(target, drafter, prompt, k)
-            assert spec == plain, f"{variant} {name} k={k}: first difference at token {first_difference(spec, plain)}"
+            check_lossless(spec, plain, margins, f"{variant} {name} k={k}")
             assert stats.generated == TOKENS and stats.target_forwards == 1 + stats.steps
             assert stats.accepted == sum(stats.accepted_per_step) == sum(stats.accepted_per_position)
             assert stats.generated == 1 + stats.accepted + stats.steps
             accepted_any |= stats.accepted > 0
             rejected_any |= stats.accepted < stats.drafted
     assert accepted_any and rejected_any  # the drafter is partly right: both paths ran
+
+
+@pytest.mark.parametrize("variant", ("dense", "moe", "e2b", "dense-4bit"))
+def test_exact_verify_is_plain_decoding_bit_for_bit(models, variant):
+    """--exact-verify checks every draft with plain decoding's own 1-row forward: equal on any backend
+    (asserted exactly, also on GPU kernels), with drafts still accepted and rolled back."""
+    target, drafter = models[variant]
+    prompt = list(prompts(target).values())[1]  # longer than 3 windows
+    plain, _ = run(target, drafter, prompt, 0, tokens=160)
+    for k in (1, 3, 8):
+        spec, stats = run(target, drafter, prompt, k, tokens=160, exact_verify=True)
+        check_lossless(spec, plain, [0.0] * len(plain), f"{variant} exact k={k}", exact=True)
+        assert stats.target_forwards == 1 + stats.steps and stats.drafted > stats.accepted
+
+
+def test_yields_whether_each_token_was_a_draft(models):
+    target, drafter = models["dense"]
+    prompt = list(prompts(target).values())[0]
+    stats = SpecStats()
+    out = list(speculative_generate_step(prompt, target, drafter, draft_tokens=4, max_tokens=80, stats=stats))
+    assert sum(d for _, d in out) == stats.accepted > 0
+    assert not out[0][1]  # the prefill's token is the target's own
+    i = 1
+    for n in stats.accepted_per_step:  # each step: n accepted drafts, then the target's own token
+        assert [d for _, d in out[i : i + n + 1]] == [True] * n + [False][: len(out) - i - n]
+        i += n + 1
+
+
+def test_one_host_synchronisation_per_step(models, monkeypatch):
+    """The loop reads the device once per verify step (plus once for the prefill's token): drafts
+    flow into the verify lazily and plain steps are queued before the previous one is read."""
+    from mlx_spec.core import loop
+
+    target, drafter = models["dense"]
+    evals = []
+    real_eval = loop.mx.eval
+
+    class CountingMx:
+        def __getattr__(self, name):
+            return getattr(mx, name)
+
+        @staticmethod
+        def eval(*args):
+            evals.append(1)
+            return real_eval(*args)
+
+    monkeypatch.setattr(loop, "mx", CountingMx())
+    prompt = list(prompts(target).values())[0]
+    for k in (0, 4):
+        evals.clear()
+        out, stats = run(target, drafter, prompt, k, tokens=60)
+        assert len(evals) == stats.steps + 1, (k, len(evals), stats.steps)
+
+
+def test_prompt_ids_outside_the_vocabulary_are_clear_errors(models):
+    target, drafter = models["dense"]
+    for bad in ([2, 5, target.vocab_size], [2, -1, 7], [2, 99999]):
+        with pytest.raises(MlxSpecError, match="outside the model's vocabulary"):
+            run(target, drafter, bad, 2, tokens=4)
+
+
+def test_cache_without_enough_rollback_slack_is_refused(models):
+    target, drafter = models["dense"]
+    with pytest.raises(MlxSpecError, match="roll back"):
+        run(target, drafter, [2, 5, 9], 8, tokens=4, cache=target.make_cache(max_rollback=2))
 
 
 def test_random_drafter_rollback_every_step(tiny, models):

@@ -4,8 +4,13 @@ mlx-lm's `RotatingKVCache` keeps a ring of exactly `sliding_window` keys and sto
 has wrapped (`is_trimmable()` turns false), which silently corrupts speculative decoding past the
 window. `SlidingKVCache` instead keeps the newest `sliding_window + 1 + max_rollback` keys in a
 linear buffer: enough for the target's own sliding attention (W keys per query), for the drafter's
-(W + 1 keys, see models/gemma4_assistant.py), and for rolling back a rejected block of up to
-`max_rollback` tokens at any length. Rolling back further than that raises instead of corrupting.
+(W + 1 keys, see models/gemma4_assistant.py), and for rollback.
+
+The rollback guarantee (what `max_rollback` guards): right after an update that wrote n tokens, the
+cache can forget up to n + max_rollback tokens exactly, at any length. The decoding loop needs
+that: it rolls a verified block of k + 1 tokens back by at most k, and a generator closed mid-block
+forgets the accepted tokens past the last one it yielded (at most k) plus the next queued block. A
+rollback the buffer can no longer restore raises `RollbackError`; it never returns wrong keys.
 
 Full-attention layers use mlx-lm's `KVCache`, whose `trim` is exact at any length.
 """
@@ -31,7 +36,7 @@ class SlidingKVCache:
 
     step = 256
 
-    def __init__(self, sliding_window: int, max_rollback: int = 16):
+    def __init__(self, sliding_window: int, max_rollback: int = 8):
         self.window = int(sliding_window)
         self.max_rollback = int(max_rollback)
         self.keep = self.window + 1 + self.max_rollback
@@ -88,8 +93,8 @@ class SlidingKVCache:
         n = min(int(n), self.offset)
         if self.offset - n - self.base < min(self.offset - n, self.window + 1):
             raise RollbackError(
-                f"cannot roll back {n} tokens: the sliding cache keeps {self.max_rollback} tokens of slack "
-                f"(create it with max_rollback >= the draft length)"
+                f"cannot roll back {n} tokens: the sliding cache keeps {self.max_rollback} tokens of slack beyond "
+                f"the last update (create it with max_rollback >= the draft length)"
             )
         self.offset -= n
         return n
@@ -125,6 +130,11 @@ class SlidingKVCache:
 def full_kv(cache: KVCache) -> tuple[mx.array, mx.array]:
     """All valid keys and values of a full-attention cache, read in place."""
     return cache.keys[..., : cache.offset, :], cache.values[..., : cache.offset, :]
+
+
+def rollback_slack(caches: list) -> float:
+    """The most drafts a block may hold for these caches to roll it back (inf: only full-attention caches)."""
+    return min((c.max_rollback for c in caches if isinstance(c, SlidingKVCache)), default=float("inf"))
 
 
 def trim_all(caches: list, n: int) -> None:

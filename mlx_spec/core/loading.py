@@ -9,7 +9,7 @@ checks that a drafter fits a target before any weight is touched by the decoding
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -31,6 +31,7 @@ from .model_config import (
     text_config_of,
 )
 from .models import gemma4_assistant, mtp_drafter
+from .target import Target
 
 WEIGHT_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.txt"]
 DEMO_NAMES = ("smollm2-135m", "gemma3-270m")  # what `mlx-spec demo-models` writes (tools/demo_models.py)
@@ -254,11 +255,21 @@ def check_pair(target_config: dict, drafter_config: dict, target_name: str, draf
 
 @dataclass
 class SpeculativeModel:
-    """A target and the drafter validated against it (drafter None: plain decoding only)."""
+    """A target and the drafter validated against it (drafter None: plain decoding only), with the
+    runtime adapter over the target built once, here (MoE instrumentation attached once)."""
 
     target: LoadedModel
     drafter: Optional[LoadedModel]
-    costs: Any = None  # policy.MeasuredCosts, measured on first adaptive use
+    adapter: Target = field(init=False)
+    costs: dict = field(default_factory=dict)  # measured step costs, by (greedy, exact verify, k_max)
+
+    def __post_init__(self):
+        self.adapter = Target(self.target.module, self.target.text_config)
+
+    @property
+    def draft_model(self):
+        """The drafter module the loop runs (a draft.Drafter), or None."""
+        return self.drafter.module if self.drafter is not None else None
 
 
 def default_drafter(model: str) -> Optional[str]:

@@ -5,26 +5,37 @@
     verify    one target forward over [t, d1..dk] gives k+1 next-token distributions.
     accept    the longest prefix of drafts the target agrees with, plus the target's own next token.
     rollback  every cache forgets the rejected drafts' keys: exactly k - n positions.
-    stream    yield the n + 1 new tokens; the hidden state behind the last one feeds the next draft.
+    stream    yield the n + 1 new tokens (token, from_draft); the hidden state behind the last one
+              feeds the next draft.
 
-`draft_tokens=0` (or no drafter) runs plain decoding through the same path: verify of [t] only.
+Draft, verify and accept of one step are built as one lazy MLX graph (`build_block`); reading its
+outcome (`read_block`) is the step's only host synchronisation. The next block is queued with
+`mx.async_eval` before the tokens are yielded, so the device works while the caller detokenizes.
+Plain steps (k = 0: no drafter, `draft_tokens=0`, or the policy parked) need no rollback, so the
+next one is queued before the current one is read, as mlx-lm's `generate_step` pipelines.
+
+With `exact_verify` the verify runs as k + 1 chained 1-row forwards, the very computation plain
+decoding does for each token (same kernels, same cache contents), so greedy output equals plain
+greedy decoding bit for bit on any backend. The default (k + 1)-row verify is one weight pass (the
+speedup) but its kernels may round differently from 1-row decoding; see README, "Losslessness".
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
+from statistics import median
 from typing import Generator, Iterable, Optional
 
 import mlx.core as mx
+import numpy as np
+from mlx_lm.generate import generation_stream
 
-from .cache import trim_all
-from .draft import propose, target_position
+from .cache import rollback_slack, trim_all
+from .draft import Drafter, propose, target_position
 from .errors import MlxSpecError
-from .models.gemma4_assistant import Model as AssistantModel
-from .policy import FixedPolicy
+from .policy import FixedPolicy, MoECosts, StepCosts
 from .sampling import GREEDY, Strategy
-from .target import Target
 
 
 @dataclass
@@ -36,7 +47,7 @@ class SpecStats:
     steps: int = 0  # verify passes after the prefill
     drafted: int = 0
     accepted: int = 0
-    target_forwards: int = 0  # prefill chunks + verify passes
+    target_forwards: int = 0  # prefill chunks + verify passes (an exact verify of k + 1 rows counts once)
     drafter_forwards: int = 0
     drafted_per_position: list[int] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
@@ -45,19 +56,21 @@ class SpecStats:
     expert_loads: int = 0  # MoE: sum over target forwards and MoE layers of unique experts selected
     expert_bytes: float = 0.0  # MoE: bytes of expert weights those loads touch
     prefill_expert_loads: int = 0
-    prefill_time: float = 0.0
-    draft_time: float = 0.0
-    verify_time: float = 0.0
-    rollback_time: float = 0.0
+    prefill_time: float = 0.0  # prompt in -> first token read
+    decode_time: float = 0.0  # first token read -> last step read
+    step_seconds: list[float] = field(default_factory=list)  # per step: host sync to host sync
 
-    def record_step(self, drafts: list[int], n: int) -> None:
+    def record_step(self, drafts: list[int], n: int, seconds: float) -> None:
         k = len(drafts)
         self.drafts_per_step.append(drafts)
         self.steps += 1
         self.drafted += k
         self.accepted += n
         self.drafter_forwards += k
+        self.target_forwards += 1
         self.accepted_per_step.append(n)
+        self.step_seconds.append(seconds)
+        self.decode_time += seconds
         for lst in (self.drafted_per_position, self.accepted_per_position):
             lst.extend([0] * (k - len(lst)))
         for i in range(k):
@@ -83,33 +96,106 @@ class SpecStats:
         return out
 
 
-def _clock() -> float:
-    return time.perf_counter()
+def check_token_ids(ids: Iterable, vocab_size: int, what: str = "prompt") -> list[int]:
+    """Token ids as ints, each in [0, vocab_size): one clear error otherwise (an id past the embedding
+    table would read out of bounds deep inside MLX)."""
+    try:
+        out = [int(t) for t in ids]
+    except (TypeError, ValueError):
+        raise MlxSpecError(f"the {what} must be token ids (integers).") from None
+    bad = [t for t in out if not 0 <= t < vocab_size]
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
+        raise MlxSpecError(f"the {what} has token ids outside the model's vocabulary of {vocab_size} (0..{vocab_size - 1}): {shown}.")
+    return out
+
+
+def token_ids(steps: Iterable[tuple[int, bool]]) -> list[int]:
+    """The tokens of a (token, from_draft) stream."""
+    return [token for token, _ in steps]
+
+
+# ------------------------------------------------------------------------------------------------
+# One step: draft -> verify -> accept, built lazily
+
+
+@dataclass
+class Block:
+    """One step's lazy outcome. `hidden` is the target's hidden state at the last kept position:
+    the next block's drafter input, usable before anything is read back."""
+
+    k: int
+    drafts: mx.array  # [k] int32
+    accepted: mx.array  # int32 scalar: n
+    next_token: mx.array  # [1] int32: the target's token after the n accepted drafts
+    hidden: mx.array  # [1, 1, H]
+    expert_mark: int  # MoE: tracker forwards built up to and including this block
+
+
+def build_block(target, drafter: Optional[Drafter], strategy: Strategy, cache: list, token: mx.array,
+                hidden: mx.array, k: int, exact: bool = False) -> Block:
+    """Queue draft k -> verify [token, d1..dk] -> accept on the device (mx.async_eval); read nothing."""
+    with mx.stream(generation_stream):
+        if k:
+            drafts, draft_logits = propose(drafter, target, cache, token, hidden, k, strategy.draft)
+            inputs = mx.concatenate([token.astype(mx.int32), drafts])[None]
+        else:
+            drafts, draft_logits, inputs = mx.zeros((0,), mx.int32), None, token.astype(mx.int32)[None]
+        if exact and k:
+            rows = [target.forward(inputs[:, i : i + 1], cache) for i in range(k + 1)]  # plain decoding's 1-row path
+            logits = mx.concatenate([r[0] for r in rows], axis=1)
+            hidden_all = mx.concatenate([r[1] for r in rows], axis=1)
+        else:
+            logits, hidden_all = target.forward(inputs, cache)
+        n, next_token = strategy.accept(drafts, draft_logits, logits[0])
+        kept = hidden_all if k == 0 else mx.take(hidden_all, n.reshape(1), axis=1)
+    mark = target.moe.pending if target.moe is not None else 0
+    block = Block(k, drafts, n, next_token, kept, mark)
+    mx.async_eval(block.drafts, block.accepted, block.next_token, block.hidden)
+    return block
+
+
+def read_block(block: Block, target) -> tuple[int, list[int], int]:
+    """The step's one host synchronisation: (n accepted, drafts, next token)."""
+    arrays = [block.drafts, block.accepted, block.next_token]
+    if target.moe is not None:
+        arrays += target.moe.pending_arrays(block.expert_mark)
+    mx.eval(arrays)
+    if target.moe is not None:
+        target.moe.flush(block.expert_mark)  # already evaluated: no further wait
+    return int(block.accepted.item()), block.drafts.tolist(), int(block.next_token.item())
+
+
+# ------------------------------------------------------------------------------------------------
+# The loop
 
 
 def speculative_generate_step(
     prompt: Iterable[int],
-    target: Target,
-    drafter: Optional[AssistantModel],
+    target,
+    drafter: Optional[Drafter],
     *,
     draft_tokens: int = 4,
     policy=None,
+    strategy: Strategy = GREEDY,
+    exact_verify: bool = False,
     max_tokens: int = 256,
     stop_tokens: Iterable[int] = (),
-    strategy: Strategy = GREEDY,
     prefill_step_size: int = 512,
     max_context: Optional[int] = None,
     stats: Optional[SpecStats] = None,
     cache: Optional[list] = None,
-) -> Generator[int, None, None]:
-    """Yield up to `max_tokens` target tokens; stops after a stop token (which is yielded).
+) -> Generator[tuple[int, bool], None, None]:
+    """Yield (token, from_draft) for up to `max_tokens` target tokens; stops after a stop token
+    (which is yielded). from_draft: the token was a draft the target accepted.
 
     The draft length comes from `policy` (policy.FixedPolicy / AdaptivePolicy), or is `draft_tokens`.
-    `cache` (from target.make_cache) continues a conversation: `prompt` is then only the new tokens.
+    `cache` (from target.make_cache) continues a conversation: `prompt` is then only the new tokens;
+    it must keep rollback slack for the longest block the policy may draft.
     However the generator ends (exhausted, closed, interrupted), the cache is left holding exactly the
     prompt and every yielded token but the last, which the target has not read yet.
     """
-    prompt = [int(t) for t in prompt]
+    prompt = check_token_ids(prompt, target.vocab_size)
     stats = stats if stats is not None else SpecStats()
     stop = set(stop_tokens)
     max_context = max_context or target.max_context
@@ -117,92 +203,159 @@ def speculative_generate_step(
         policy = FixedPolicy(0)
     elif policy is None:
         policy = FixedPolicy(draft_tokens)
-    k_max = policy.k_max
     if not prompt:
         raise MlxSpecError("the prompt is empty: give at least one token.")
     if len(prompt) >= max_context:
         raise MlxSpecError(f"the prompt has {len(prompt)} tokens, the model's context is {max_context}: shorten the prompt.")
     if max_tokens <= 0:
         return
-    stats.generated = 0
-    stats.prompt_tokens = len(prompt)
     if cache is None:
-        cache = target.make_cache(max_rollback=max(k_max, 1))
+        cache = target.make_cache(max_rollback=max(policy.k_max, 1))
+    elif rollback_slack(cache) < policy.k_max:
+        raise MlxSpecError(f"this cache can roll back {rollback_slack(cache)} drafts but up to {policy.k_max} may be drafted: "
+                           f"make it with target.make_cache(max_rollback={policy.k_max}).")
     base = target_position(cache)
     if base + len(prompt) >= max_context:
         raise MlxSpecError(f"the conversation has {base + len(prompt)} tokens, the model's context is {max_context}: start a new one.")
+    stats.generated = 0
+    stats.prompt_tokens = len(prompt)
     try:
-        yield from _decode(prompt, target, drafter, policy, max_tokens, stop, strategy, prefill_step_size,
-                           max_context, stats, cache)
+        yield from _decode(prompt, target, drafter, policy, strategy, exact_verify, max_tokens, stop,
+                           prefill_step_size, max_context, stats, cache)
     finally:
-        # Forget drafts processed past the last yielded token (a stop token or a close mid-block).
+        # Forget what was processed past the last yielded token (a stop mid-block, a close, a queued block).
         if stats.generated:
             keep = base + len(prompt) + stats.generated - 1
             for c in cache:
                 if c.offset > keep:
                     c.trim(c.offset - keep)
+        if target.moe is not None:
+            target.moe.flush()
+            stats.record_experts(target.moe)
 
 
-def _decode(prompt, target, drafter, policy, max_tokens, stop, strategy, prefill_step_size, max_context, stats, cache):
-    """The loop proper (see the module docstring); `speculative_generate_step` sets it up."""
-    # prefill
-    t0 = _clock()
+def _prefill(target, strategy, prompt, cache, step_size, stats) -> tuple[mx.array, mx.array]:
+    """Read the prompt in chunks; the first token and the hidden state that predicted it (lazy)."""
     ids = mx.array(prompt)[None]
+    with mx.stream(generation_stream):
+        while ids.shape[1] > step_size:
+            target.forward(ids[:, :step_size], cache, logits=False)
+            mx.eval([c.state for c in cache])
+            stats.target_forwards += 1
+            ids = ids[:, step_size:]
+        logits, hidden = target.forward(ids, cache, last_only=True)
+        token = strategy.first(logits[0, -1:])
+    stats.target_forwards += 1
+    return token, hidden
+
+
+def _decode(prompt, target, drafter, policy, strategy, exact, max_tokens, stop, prefill_step_size, max_context, stats, cache):
+    """The loop proper (see the module docstring); `speculative_generate_step` sets it up."""
+    t0 = time.perf_counter()
     if target.moe is not None:
         target.moe.reset()
-    while ids.shape[1] > prefill_step_size:
-        _, chunk = target.forward(ids[:, :prefill_step_size], cache, logits=False)
-        mx.eval(chunk)
-        stats.target_forwards += 1
-        ids = ids[:, prefill_step_size:]
-    logits, hidden = target.forward(ids, cache, last_only=True)
-    token = strategy.first(logits[0, -1:])
-    stats.target_forwards += 1
-    stats.prefill_time = _clock() - t0
+    token, hidden = _prefill(target, strategy, prompt, cache, prefill_step_size, stats)
+    prefill_mark = target.moe.pending if target.moe is not None else 0
+
+    def queue(token, hidden, yielded_before: int) -> Optional[Block]:
+        """The next block, drafting as many as the policy wants and the token limit and context allow."""
+        room = max_context - target_position(cache) - 1  # the verify writes positions position .. position + k
+        wanted = max_tokens - yielded_before - 1  # drafts beyond this could never be yielded
+        if room < 0 or wanted < 0:
+            return None
+        k = max(0, min(policy.choose(), wanted, room))
+        return build_block(target, drafter, strategy, cache, token, hidden, k, exact)
+
+    block = queue(token, hidden, 1)
+    mx.eval([token] + (target.moe.pending_arrays(prefill_mark) if target.moe is not None else []))
+    first = int(token.item())
     if target.moe is not None:
-        stats.record_experts(target.moe)
+        target.moe.flush(prefill_mark)
         stats.prefill_expert_loads = target.moe.loads
+        stats.record_experts(target.moe)
+    last_read = time.perf_counter()
+    stats.prefill_time = last_read - t0
+    generated = stats.generated = 1
+    yield first, False
+    if first in stop:
+        return
 
-    generated = 0
-    while True:
-        stats.generated = generated = generated + 1
-        yield token
-        if token in stop or generated >= max_tokens:
-            return
-        position = target_position(cache)  # where `token` goes
-        room = max_context - position - 1  # verify writes positions position .. position + k
-        if room < 0:
-            return
-        k = max(0, min(policy.choose(), max_tokens - generated - 1, room))
-
-        t0 = _clock()
-        if k:
-            drafts, draft_logits = propose(drafter, target, cache, mx.array([token]), hidden, k, strategy.draft)
-            mx.eval(drafts, draft_logits)
-        else:
-            drafts, draft_logits = mx.array([], dtype=mx.int32), None
-        t1 = _clock()
-        verify_in = mx.concatenate([mx.array([token], dtype=mx.int32), drafts.astype(mx.int32)])[None]
-        logits, hidden_all = target.forward(verify_in, cache)
-        mx.eval(logits, hidden_all)
-        stats.target_forwards += 1
-        n, next_token = strategy.accept(drafts, draft_logits, logits[0])
-        t2 = _clock()
-        trim_all(cache, k - n)
-        hidden = hidden_all[:, n : n + 1]
-        t3 = _clock()
-        stats.draft_time += t1 - t0
-        stats.verify_time += t2 - t1
-        stats.rollback_time += t3 - t2
-        drafted = drafts.tolist()
-        stats.record_step(drafted, n)
+    while block is not None:
+        ahead = None
+        if block.k == 0:  # plain step: nothing to roll back, so queue the next one before reading this one
+            ahead = queue(block.next_token, block.hidden, generated + 1)
+        n, drafts, next_token = read_block(block, target)
+        now = time.perf_counter()
+        policy.update(block.k, n, now - last_read)
+        stats.record_step(drafts, n, now - last_read)
+        last_read = now
+        if block.k:
+            trim_all(cache, block.k - n)  # rollback: forget the rejected drafts
         if target.moe is not None:
             stats.record_experts(target.moe)
-        policy.update(k, n, t1 - t0, t2 - t1)
 
-        for d in drafted[:n]:
-            stats.generated = generated = generated + 1
-            yield d
-            if d in stop:
-                return
-        token = next_token
+        out = drafts[:n] + [next_token]
+        end = next((i + 1 for i, t in enumerate(out) if t in stop), len(out))
+        end = min(end, max_tokens - generated)
+        finished = generated + end >= max_tokens or out[end - 1] in stop
+        if not finished and ahead is None:
+            ahead = queue(block.next_token, block.hidden, generated + end)
+        for i in range(end):
+            generated = stats.generated = generated + 1
+            yield out[i], i < n
+        if finished:
+            return
+        block = ahead
+
+
+# ------------------------------------------------------------------------------------------------
+# What a step costs (for the adaptive policy)
+
+
+def measure_step_costs(target, drafter: Drafter, k_max: int, strategy: Strategy = GREEDY, exact: bool = False,
+                       repeats: int = 7, warmup: int = 2, context: int = 64, plain_run: int = 8):
+    """Warm-up cost table: seconds of one whole step drafting k = 0..k_max, timed on the real step
+    (`build_block` + `read_block` + rollback) over a scratch cache holding `context` tokens; the real
+    cache is not touched. Plain steps are timed pipelined, `plain_run` in a row, as the loop runs
+    them. Each k: `warmup` untimed runs (compilation, allocation), then the median of `repeats`.
+    MoE targets get `MoECosts`, which later corrects for the experts real text routes to."""
+    rng = np.random.RandomState(0)
+    cache = target.make_cache(max_rollback=k_max + plain_run + 1)
+    prompt = mx.array([[2] + rng.randint(5, target.vocab_size, size=context - 1).tolist()])
+    _, hidden = target.forward(prompt, cache, last_only=True)
+    mx.eval(hidden, [c.state for c in cache])
+    # varied tokens, so an MoE routes them to different experts as real text does
+    tokens = [mx.array([int(t)], dtype=mx.int32) for t in rng.randint(5, target.vocab_size, size=64)]
+    if target.moe is not None:
+        target.moe.flush()
+        target.moe.reset()
+
+    def plain():
+        block = build_block(target, drafter, strategy, cache, tokens[0], hidden, 0, exact)
+        for _ in range(plain_run - 1):
+            ahead = build_block(target, drafter, strategy, cache, block.next_token, block.hidden, 0, exact)
+            read_block(block, target)
+            block = ahead
+        read_block(block, target)
+        trim_all(cache, plain_run)
+
+    def spec(k, i):
+        read_block(build_block(target, drafter, strategy, cache, tokens[i % len(tokens)], hidden, k, exact), target)
+        trim_all(cache, k + 1)
+
+    seconds = []
+    for k in range(k_max + 1):
+        samples = []
+        for i in range(warmup + repeats):
+            t0 = time.perf_counter()
+            plain() if k == 0 else spec(k, i)
+            samples.append((time.perf_counter() - t0) / (plain_run if k == 0 else 1))
+        seconds.append(median(samples[warmup:]))
+    table = StepCosts(seconds)
+    if target.moe is None:
+        return table
+    target.moe.flush()
+    union = [target.moe.mean_unique_per_layer(k + 1) for k in range(k_max + 1)]
+    target.moe.reset()  # warm-up forwards are not part of any generation's counts
+    profile = target.moe.profile
+    return MoECosts(table, [u if u is not None else 0.0 for u in union], seconds[0] / profile.verify_bytes(1), profile, target.moe)

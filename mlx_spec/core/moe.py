@@ -14,6 +14,7 @@ weights are read once per verify rather than once per token that picked it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
@@ -76,15 +77,20 @@ def _experts_of(layer) -> nn.Module:
 
 
 class ExpertProbe(nn.Module):
-    """Stands in for a layer's `experts`: records the routed indices, optionally groups tokens by expert."""
+    """Stands in for a layer's `experts`. Outside the Target's own forwards it is a pass-through to
+    mlx-lm's module (peers and other callers run mlx-lm's computation unchanged); inside them it
+    records the routed indices and groups multi-token forwards by expert."""
 
     def __init__(self, inner: nn.Module, group_tokens: bool):
         super().__init__()
         self.inner = inner
         self.group_tokens = group_tokens
+        self.recording = False
         self.recorded: list[mx.array] = []
 
     def __call__(self, x: mx.array, top_k_indices: mx.array, top_k_weights: mx.array) -> mx.array:
+        if not self.recording:
+            return self.inner(x, top_k_indices, top_k_weights)
         self.recorded.append(top_k_indices)
         tokens = top_k_indices.size // top_k_indices.shape[-1]
         if self.group_tokens and tokens > 1:
@@ -107,10 +113,11 @@ class ExpertProbe(nn.Module):
 
 
 class ExpertTracker:
-    """Counts unique experts per target forward and MoE layer; attach with `ExpertTracker.attach`.
+    """Counts unique experts per target forward and MoE layer; attached once, when the Target is built.
 
-    Counting stays lazy (a histogram per layer in MLX) until a total is read, so it adds no
-    synchronisation to the forward pass.
+    Counting stays lazy (a histogram per layer in MLX): `pending_arrays(upto)` joins the decoding
+    loop's one evaluation per step and `flush(upto)` then reads the counts already computed, so the
+    tracker adds no host synchronisation. Totals (`loads`, `bytes`, `per_forward`) cover flushed forwards.
     """
 
     def __init__(self, probes: list[ExpertProbe], profile: MoEProfile):
@@ -119,6 +126,7 @@ class ExpertTracker:
         self._loads, self._bytes = 0, 0.0
         self._per_forward: list[tuple[int, int]] = []  # (tokens, unique experts summed over layers)
         self._pending: list[tuple[int, mx.array, mx.array]] = []
+        self._counted = 0  # forwards counted since the last reset (the absolute index of _pending[0])
 
     @classmethod
     def attach(cls, target, group_tokens: bool = True) -> Optional["ExpertTracker"]:
@@ -141,8 +149,21 @@ class ExpertTracker:
         self._loads, self._bytes = 0, 0.0
         self._per_forward.clear()
         self._pending.clear()
+        self._counted = 0
         for probe in self.probes:
             probe.recorded.clear()
+
+    @contextmanager
+    def recording(self, tokens: int):
+        """Around one target forward of `tokens` tokens: record its routing, then count it (lazily)."""
+        for probe in self.probes:
+            probe.recording = True
+        try:
+            yield
+        finally:
+            for probe in self.probes:
+                probe.recording = False
+        self.end_forward(tokens)
 
     def end_forward(self, tokens: int) -> None:
         """Close the forward that was just built: count its unique experts per layer (lazily)."""
@@ -158,36 +179,48 @@ class ExpertTracker:
             bytes_total = bytes_total + unique.astype(mx.float32) * expert_bytes
         self._pending.append((tokens, unique_total, bytes_total))
 
-    def _flush(self) -> None:
-        if not self._pending:
+    @property
+    def pending(self) -> int:
+        """A mark after the forwards built so far, for `pending_arrays` / `flush`."""
+        return self._counted + len(self._pending)
+
+    def _until(self, mark: Optional[int]) -> list:
+        return list(self._pending) if mark is None else self._pending[: max(0, mark - self._counted)]
+
+    def pending_arrays(self, mark: Optional[int] = None) -> list[mx.array]:
+        """The lazy counts of the forwards built before `mark` and not counted yet."""
+        return [a for _, u, b in self._until(mark) for a in (u, b)]
+
+    def flush(self, mark: Optional[int] = None) -> None:
+        """Count the forwards built before `mark` (all by default); evaluates them if not done yet."""
+        done = self._until(mark)
+        if not done:
             return
-        mx.eval([(u, b) for _, u, b in self._pending])
-        for tokens, unique, nbytes in self._pending:
+        mx.eval([(u, b) for _, u, b in done])
+        for tokens, unique, nbytes in done:
             self._loads += int(unique.item())
             self._bytes += float(nbytes.item())
             self._per_forward.append((tokens, int(unique.item())))
-        self._pending.clear()
+        del self._pending[: len(done)]
+        self._counted += len(done)
 
     @property
     def loads(self) -> int:
-        """Sum over forwards and MoE layers of unique experts selected."""
-        self._flush()
+        """Sum over counted forwards and MoE layers of unique experts selected."""
         return self._loads
 
     @property
     def bytes(self) -> float:
         """Bytes of expert weights those loads touch (actual dtype / quantization)."""
-        self._flush()
         return self._bytes
 
     @property
     def per_forward(self) -> list[tuple[int, int]]:
-        self._flush()
         return self._per_forward
 
     def mean_unique_per_layer(self, tokens: int) -> Optional[float]:
-        """Observed mean unique experts per layer for forwards of this many tokens."""
-        seen = [u for n, u in self.per_forward if n == tokens]
+        """Observed mean unique experts per layer for counted forwards of this many tokens."""
+        seen = [u for n, u in self._per_forward if n == tokens]
         if not seen:
             return None
         return float(np.mean(seen)) / self.profile.num_moe_layers

@@ -1,52 +1,30 @@
-"""Turning logits into distributions and tokens, and speculative acceptance.
+"""Turning logits into tokens, and speculative acceptance, all as lazy MLX operations.
 
-`Distribution` applies the sampling settings exactly as mlx-lm's `make_sampler` does (top-p, min-p,
-top-k on log-probabilities, then temperature), but returns the probabilities, because speculative
-sampling needs the target's p and the drafter's q, not only a draw. The same settings shape p and q.
+Nothing here reads a value back to the host: the loop evaluates a whole draft -> verify -> accept
+step at once (its one host synchronisation). A `Strategy` gives the first token after the prefill,
+the drafter's proposals, and the acceptance of a block:
 
-Acceptance rules, both returning (n accepted drafts, the next token):
-- `greedy_accept` (temperature 0): drafts equal to the target's argmax, then the target's argmax.
-- `RejectionSampler` (temperature > 0, Leviathan et al. / Chen et al.): accept draft x with
-  probability min(1, p(x) / q(x)); at the first rejection sample from normalize(max(0, p - q));
-  after a fully accepted block sample the bonus token from p. The output follows p exactly.
+- `Greedy` (temperature 0): drafts are the drafter's argmax; accept drafts while they equal the
+  target's argmax, then the target's argmax.
+- `RejectionSampler` (temperature > 0, Leviathan et al. / Chen et al.): drafts are sampled from the
+  drafter's q; draft x is accepted with probability min(1, p(x) / q(x)); at the first rejection the
+  token is drawn from normalize(max(0, p - q)); after a fully accepted block the bonus token is drawn
+  from p. The output follows p exactly. p and q are shaped by the same settings (`Distribution`:
+  top-p, min-p, top-k on log-probabilities, then temperature, as mlx-lm's `make_sampler` orders them).
+  Randomness comes from the strategy's own key (seeded: reproducible runs).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional, Protocol
 
 import mlx.core as mx
 import numpy as np
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
-from .errors import MlxSpecError
+from .settings import SamplingSettings
 
-
-@dataclass(frozen=True)
-class SamplingSettings:
-    temp: float = 0.0
-    top_p: float = 0.0
-    top_k: int = 0
-    min_p: float = 0.0
-    min_tokens_to_keep: int = 1
-
-    def __post_init__(self):
-        problems = []
-        if not (self.temp >= 0 and np.isfinite(self.temp)):
-            problems.append(f"temperature must be >= 0 (got {self.temp})")
-        if not 0 <= self.top_p <= 1:
-            problems.append(f"top-p must be in [0, 1] (got {self.top_p})")
-        if self.top_k < 0:
-            problems.append(f"top-k must be >= 0 (got {self.top_k})")
-        if not 0 <= self.min_p <= 1:
-            problems.append(f"min-p must be in [0, 1] (got {self.min_p})")
-        if problems:
-            raise MlxSpecError("invalid sampling settings: " + "; ".join(problems) + ".")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temp == 0
+__all__ = ["SamplingSettings", "Distribution", "Strategy", "Greedy", "RejectionSampler", "GREEDY", "make_strategy"]
 
 
 class Distribution:
@@ -57,7 +35,8 @@ class Distribution:
 
     def logprobs(self, logits: mx.array) -> mx.array:
         s = self.settings
-        logprobs = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
+        logits = logits.astype(mx.float32)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         if 0 < s.top_p < 1.0:
             logprobs = apply_top_p(logprobs, s.top_p)
         if s.min_p != 0.0:
@@ -66,76 +45,87 @@ class Distribution:
             logprobs = apply_top_k(logprobs, s.top_k)
         return logprobs
 
+    def scaled(self, logits: mx.array) -> mx.array:
+        """Filtered log-probabilities divided by the temperature (unnormalised logits of p)."""
+        return self.logprobs(logits) * (1.0 / self.settings.temp)
+
     def __call__(self, logits: mx.array) -> mx.array:
-        return mx.softmax(self.logprobs(logits) * (1.0 / self.settings.temp), axis=-1)
-
-    def sample(self, logits: mx.array) -> mx.array:
-        """Draw token ids [...] (what the drafter proposes, and the first token after prefill)."""
-        return mx.random.categorical(self.logprobs(logits) * (1.0 / self.settings.temp))
+        return mx.softmax(self.scaled(logits), axis=-1)
 
 
-def greedy_accept(drafts: mx.array, draft_logits: Optional[mx.array], target_logits: mx.array) -> tuple[int, int]:
-    """Temperature 0: accept drafts while they equal the target's argmax; then the target's argmax."""
-    choices = mx.argmax(target_logits, axis=-1).tolist()
-    n = 0
-    for d in drafts.tolist():
-        if d != choices[n]:
-            break
-        n += 1
-    return n, choices[n]
+class Strategy(Protocol):
+    def first(self, logits: mx.array) -> mx.array:
+        """Target logits [1, V] after the prefill -> the first token [1] (int32, lazy)."""
+
+    def draft(self, logits: mx.array) -> mx.array:
+        """Drafter logits [1, V] -> proposed token [1] (int32, lazy)."""
+
+    def accept(self, drafts: mx.array, draft_logits: Optional[mx.array], target_logits: mx.array) -> tuple[mx.array, mx.array]:
+        """drafts [k], drafter logits [k, V] (None when k = 0), target logits [k + 1, V] ->
+        (n accepted: int32 scalar, next token [1] int32), both lazy."""
+
+
+def _first_rejection(ok: mx.array) -> mx.array:
+    """Number of leading True entries of a [k] boolean array."""
+    return mx.cumprod(ok.astype(mx.int32)).sum() if ok.size else mx.array(0, dtype=mx.int32)
+
+
+class Greedy:
+    """Temperature 0: the target's argmax, exactly."""
+
+    def first(self, logits: mx.array) -> mx.array:
+        return mx.argmax(logits, axis=-1).astype(mx.int32).reshape(1)
+
+    draft = first
+
+    def accept(self, drafts, draft_logits, target_logits):
+        choices = mx.argmax(target_logits, axis=-1).astype(mx.int32)  # [k + 1]
+        if drafts.shape[0] == 0:
+            return mx.array(0, dtype=mx.int32), choices
+        n = _first_rejection(drafts == choices[: drafts.shape[0]])
+        return n, mx.take(choices, n).reshape(1)
+
+
+GREEDY = Greedy()
 
 
 class RejectionSampler:
-    """Speculative rejection sampling with one numpy random stream (seeded: reproducible runs)."""
+    """Speculative rejection sampling on the device, with its own random key stream."""
 
-    def __init__(self, settings: SamplingSettings, seed: Optional[int] = None):
+    def __init__(self, settings: SamplingSettings):
         self.distribution = Distribution(settings)
-        self.rng = np.random.default_rng(seed)
+        seed = settings.seed if settings.seed is not None else int(np.random.SeedSequence().generate_state(1)[0])
+        self._key = mx.random.key(seed)
 
-    def _draw(self, probs: np.ndarray) -> int:
-        total = probs.sum()
-        return int(self.rng.choice(len(probs), p=probs / total))
+    def key(self) -> mx.array:
+        self._key, sub = mx.random.split(self._key)
+        return sub
 
-    def first_token(self, logits: mx.array) -> int:
-        return self._draw(np.array(self.distribution(logits.reshape(-1)), dtype=np.float64))
+    def _sample(self, logits: mx.array) -> mx.array:
+        return mx.random.categorical(self.distribution.scaled(logits), key=self.key()).astype(mx.int32).reshape(-1)
 
-    def __call__(self, drafts: mx.array, draft_logits: Optional[mx.array], target_logits: mx.array) -> tuple[int, int]:
-        p = np.array(self.distribution(target_logits), dtype=np.float64)  # [k+1, V]
-        tokens = drafts.tolist()
-        if not tokens:
-            return 0, self._draw(p[0])
-        q = np.array(self.distribution(draft_logits), dtype=np.float64)  # [k, V]
-        for i, x in enumerate(tokens):
-            if self.rng.random() * q[i, x] < p[i, x]:  # accept with probability min(1, p/q)
-                continue
-            residual = np.maximum(p[i] - q[i], 0.0)
-            if residual.sum() <= 0:  # p == q up to rounding: any draw from p is exact
-                residual = p[i]
-            return i, self._draw(residual)
-        return len(tokens), self._draw(p[len(tokens)])
+    def first(self, logits: mx.array) -> mx.array:
+        return self._sample(logits).reshape(1)
 
+    draft = first
 
-@dataclass
-class Strategy:
-    """How the loop turns logits into tokens: the first token, the drafts, and acceptance."""
-
-    first: Callable[[mx.array], int]  # target logits [1, V] after prefill -> token
-    draft: Callable[[mx.array], mx.array]  # drafter logits [1, V] -> token ids [1]
-    accept: Callable[[mx.array, Optional[mx.array], mx.array], tuple[int, int]]
+    def accept(self, drafts, draft_logits, target_logits):
+        k = drafts.shape[0]
+        p = self.distribution(target_logits)  # [k + 1, V]
+        if k == 0:
+            return mx.array(0, dtype=mx.int32), mx.random.categorical(mx.log(p), key=self.key()).astype(mx.int32).reshape(1)
+        q = self.distribution(draft_logits)  # [k, V]
+        index = drafts.reshape(k, 1)
+        p_x = mx.take_along_axis(p[:k], index, axis=-1).reshape(k)
+        q_x = mx.take_along_axis(q, index, axis=-1).reshape(k)
+        n = _first_rejection(mx.random.uniform(shape=(k,), key=self.key()) * q_x < p_x)  # accept w.p. min(1, p/q)
+        residual = mx.maximum(p[:k] - q, 0.0)
+        residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, p[:k])  # p == q: any draw from p is exact
+        # one candidate per position: the residual draw after a rejection there, the bonus from p after all k
+        candidates = mx.random.categorical(mx.log(mx.concatenate([residual, p[k:]], axis=0)), key=self.key())
+        return n, mx.take(candidates.astype(mx.int32), n).reshape(1)
 
 
-GREEDY = Strategy(
-    first=lambda logits: int(mx.argmax(logits, axis=-1).reshape(-1)[0].item()),
-    draft=lambda logits: mx.argmax(logits, axis=-1),
-    accept=greedy_accept,
-)
-
-
-def make_strategy(settings: SamplingSettings, seed: Optional[int] = None) -> Strategy:
+def make_strategy(settings: SamplingSettings) -> Strategy:
     """Greedy at temperature 0, else drafts sampled from q and speculative rejection sampling."""
-    if settings.greedy:
-        return GREEDY
-    if seed is not None:
-        mx.random.seed(seed)
-    rejection = RejectionSampler(settings, seed)
-    return Strategy(first=rejection.first_token, draft=rejection.distribution.sample, accept=rejection)
+    return GREEDY if settings.greedy else RejectionSampler(settings)

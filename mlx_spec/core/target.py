@@ -41,7 +41,8 @@ class Target:
         # MoE targets: count the experts every forward loads (and group verify tokens by expert).
         self.moe = ExpertTracker.attach(self) if track_experts else None
 
-    def make_cache(self, max_rollback: int = 16) -> list:
+    def make_cache(self, max_rollback: int = 8) -> list:
+        """Caches that can roll back a rejected block of up to `max_rollback` drafts (see cache.py)."""
         return [
             KVCache() if self.layer_types[i] == FULL else SlidingKVCache(self.sliding_window, max_rollback)
             for i in range(self.num_cached_layers)
@@ -61,9 +62,11 @@ class Target:
     def forward(self, tokens: mx.array, cache: list, last_only: bool = False, logits: bool = True):
         """tokens [B, L] -> (logits [B, L or 1, V], hidden [B, L or 1, H]); updates the cache.
         With logits=False (prefill chunks) returns (None, hidden)."""
-        hidden = self.lm.model(tokens, cache=cache)
-        if self.moe is not None:
-            self.moe.end_forward(tokens.shape[-1])
+        if self.moe is None:
+            hidden = self.lm.model(tokens, cache=cache)
+        else:
+            with self.moe.recording(tokens.shape[-1]):
+                hidden = self.lm.model(tokens, cache=cache)
         if last_only:
             hidden = hidden[:, -1:]
         return (self.logits(hidden) if logits else None), hidden

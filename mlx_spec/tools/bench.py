@@ -4,10 +4,11 @@ For each prompt and repeat, plain decoding runs first, then every requested draf
 drift of the machine hits all configurations alike; a warm-up pass precedes the measured ones.
 Reported per configuration: prefill and decode tokens/s, speedup over plain (paired per prompt and
 repeat, mean with a 95% confidence interval), mean accepted length, acceptance per position, target
-forwards per token, drafter time share, expert loads per token (MoE), peak memory. Every result
+forwards per token, milliseconds per step, expert loads per token (MoE), peak memory, and the ratio
+to mlx-lm's own plain decoding when that peer runs. Every result
 records the regime: device, MLX version, weight dtype, BLAS, and whether it looks compute-bound.
 
-Same-run peers (`peers`, mlx_spec/peers.py: mlx-lm plain, mlx-lm speculative, mlx-vlm MTP) run after our
+Same-run peers (`peers`, tools/peers.py: mlx-lm plain, mlx-lm speculative, mlx-vlm MTP) run after our
 configurations on each prompt and repeat, greedy, with the same token count, after their own warm-up.
 
 Controlled acceptance (`alpha`): random-weight drafters are almost never accepted, so the real
@@ -23,8 +24,9 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import mlx.core as mx
 import numpy as np
@@ -33,11 +35,10 @@ from mlx.utils import tree_flatten
 from . import peers as peer_runtime
 from .stats import mean_ci
 from ..core.errors import MlxSpecError
-from ..generate import policy_for_run, user_turn_tokens
 from ..core.loading import SpeculativeModel
-from ..core.sampling import SamplingSettings, make_strategy
-from ..core.loop import SpecStats, speculative_generate_step
-from ..core.target import Target
+from ..core.loop import SpecStats
+from ..core.settings import DraftSettings, SamplingSettings
+from ..generate import decode, user_turn_tokens
 
 class ControlledDrafter:
     """The real drafter at full cost; with probability alpha its proposal becomes the target's own token."""
@@ -79,7 +80,7 @@ def _sum_positions(lists: list[list[int]]) -> np.ndarray:
     return total
 
 
-def regime(target: Target) -> dict:
+def regime(target) -> dict:
     dtypes = sorted({str(v.dtype) for _, v in tree_flatten(target.module.parameters())})
     device = str(mx.default_device())
     preload = os.environ.get("LD_PRELOAD", "")
@@ -97,12 +98,31 @@ def regime(target: Target) -> dict:
     }
 
 
+def config_label(draft: DraftSettings) -> str:
+    if draft.k_max == 0:
+        return "plain"
+    return ("exact " if draft.exact_verify else "") + f"k={draft.label()}"
+
+
+def parse_configs(text: str) -> list[DraftSettings]:
+    """`1,2,4,auto,exact-4,exact-auto` -> draft settings (exact-: verify with plain decoding's 1-row forwards)."""
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if item:
+            exact = item.startswith("exact-")
+            out.append(DraftSettings.parse(item.removeprefix("exact-"), exact_verify=exact))
+    return out
+
+
+PLAIN = DraftSettings(0)
+
+
 @dataclass
 class Bench:
     model: SpeculativeModel
     tokenizer: object
     prompts: list[dict]  # {"name", "category", "ids"}
-    configs: list[Union[int, str]]
+    configs: list[DraftSettings]
     max_tokens: int = 128
     repeats: int = 3
     alpha: Optional[float] = None
@@ -111,24 +131,24 @@ class Bench:
     peers: list = field(default_factory=list)  # peers.Peer: other runtimes, run after ours on each prompt/repeat
     peer_runs: dict = field(default_factory=dict)
 
-    def _once(self, target, drafter, ids, config, plain_tokens=None, seed=0) -> tuple[list[int], SpecStats, float, float]:
+    def _once(self, ids, draft: DraftSettings, plain_tokens=None, seed=0) -> tuple[list[int], SpecStats, float, float]:
         stats = SpecStats()
-        if drafter is not None and self.alpha is not None and plain_tokens is not None:
+        drafter = self.model.draft_model
+        if self.alpha is not None and plain_tokens is not None and draft.k_max:
             drafter = ControlledDrafter(drafter, ids + plain_tokens, self.alpha, seed=seed)
-        policy = policy_for_run(self.model, target, drafter if config != 0 else None, config, None)
-        strategy = make_strategy(SamplingSettings(temp=self.temp), seed)
+        # unseeded: a seed would make the adaptive policy price steps by weight bytes instead of timings
+        steps = decode(self.model, ids, SamplingSettings(temp=self.temp), draft, max_tokens=self.max_tokens,
+                       stats=stats, drafter=drafter)
         mx.synchronize()
         mx.reset_peak_memory()
         t0 = time.perf_counter()
-        tokens = list(speculative_generate_step(ids, target, drafter if config != 0 else None, policy=policy,
-                                                max_tokens=self.max_tokens, stats=stats, strategy=strategy))
+        tokens = [token for token, _ in steps]
+        mx.synchronize()
         total = time.perf_counter() - t0
         return tokens, stats, total, mx.get_peak_memory() / 1e9
 
     def run(self, progress: bool = True) -> dict:
-        target = Target(self.model.target.module, self.model.target.text_config)
-        drafter = self.model.drafter.module if self.model.drafter is not None else None
-        if drafter is None:
+        if self.model.drafter is None:
             raise MlxSpecError("bench compares plain and speculative decoding: give a drafter.")
         total = len(self.prompts) * self.repeats * (1 + len(self.configs) + len(self.peers))
         bar = None
@@ -137,31 +157,30 @@ class Bench:
 
             bar = tqdm(total=total, desc="bench", unit="run")
         warm = self.prompts[0]["ids"]
-        self._once(target, drafter, warm, 0)
-        for config in self.configs:
-            self._once(target, drafter, warm, config)
+        for draft in [PLAIN, *self.configs]:  # compilation, allocation, the adaptive policy's cost table
+            self._once(warm, draft)
         for peer in self.peers:
             peer_runtime.warm_up(peer, warm, self.max_tokens)
         for repeat in range(self.repeats):
             for index, prompt in enumerate(self.prompts):
                 plain = None
-                for c, config in enumerate([0, *self.configs]):
+                for c, draft in enumerate([PLAIN, *self.configs]):
                     seed = (repeat * len(self.prompts) + index) * 100 + c  # independent draws per run
-                    tokens, stats, seconds, peak = self._once(target, drafter, prompt["ids"], config, plain, seed)
-                    if config == 0:
+                    tokens, stats, seconds, peak = self._once(prompt["ids"], draft, plain, seed)
+                    if draft is PLAIN:
                         plain = tokens
                     decode_tokens = max(1, stats.generated - 1)
                     decode_seconds = max(1e-9, seconds - stats.prefill_time)
                     self.runs.append(Run(
-                        config=str(config), prompt=prompt["name"], repeat=repeat,
+                        config=config_label(draft), prompt=prompt["name"], repeat=repeat,
                         prefill_tps=len(prompt["ids"]) / max(1e-9, stats.prefill_time),
                         decode_tps=decode_tokens / decode_seconds, tokens=stats.generated,
                         stats=stats.to_dict(), peak_memory_gb=peak,
-                        same_as_plain=None if config == 0 or self.temp > 0 else tokens == plain,
+                        same_as_plain=None if draft is PLAIN or self.temp > 0 else tokens == plain,
                     ))
                     if bar is not None:
                         bar.update(1)
-                plain_tps = next(r.decode_tps for r in self.runs[::-1] if r.config == "0")
+                plain_tps = next(r.decode_tps for r in self.runs[::-1] if r.config == "plain")
                 for peer in self.peers:
                     row = peer_runtime.record(peer, prompt["ids"], self.max_tokens, prompt["name"], repeat, plain, plain_tps)
                     if row is not None:
@@ -170,41 +189,44 @@ class Bench:
                         bar.update(1)
         if bar is not None:
             bar.close()
-        return self.summary(target)
+        return self.summary()
 
-    def summary(self, target: Target) -> dict:
-        plain = {(r.prompt, r.repeat): r for r in self.runs if r.config == "0"}
+    def summary(self) -> dict:
+        plain = {(r.prompt, r.repeat): r for r in self.runs if r.config == "plain"}
+        mlx_lm = {(r["prompt"], r["repeat"]): r for r in self.peer_runs.get("mlx-lm", [])}
         rows = []
-        for config in ["0", *map(str, self.configs)]:
+        for config in ["plain", *map(config_label, self.configs)]:
             runs = [r for r in self.runs if r.config == config]
-            speedups = [r.decode_tps / plain[(r.prompt, r.repeat)].decode_tps for r in runs]
-            mean, half = mean_ci(speedups)
+            mean, half = mean_ci([r.decode_tps / plain[(r.prompt, r.repeat)].decode_tps for r in runs])
+            vs_mlx_lm = mean_ci([r.decode_tps / mlx_lm[(r.prompt, r.repeat)]["decode_tps"] for r in runs
+                                 if (r.prompt, r.repeat) in mlx_lm]) if mlx_lm else (None, None)
             drafted = _sum_positions([r.stats["drafted_per_position"] for r in runs])
             accepted = _sum_positions([r.stats["accepted_per_position"] for r in runs])
             steps = sum(r.stats["steps"] for r in runs)
             accepted_total = sum(r.stats["accepted"] for r in runs)
-            decode = sum(r.stats["draft_time"] + r.stats["verify_time"] + r.stats["rollback_time"] for r in runs)
             tokens = sum(max(1, r.stats["generated"] - 1) for r in runs)
             rows.append({
-                "config": "plain" if config == "0" else f"k={config}",
+                "config": config,
                 "prefill_tps": float(np.mean([r.prefill_tps for r in runs])),
                 "decode_tps": float(np.mean([r.decode_tps for r in runs])),
                 "speedup": mean,
                 "speedup_ci95": half,
+                "vs_mlx_lm_plain": vs_mlx_lm[0],
+                "vs_mlx_lm_plain_ci95": vs_mlx_lm[1],
                 "mean_accepted_length": 1 + accepted_total / steps if steps else 1.0,
                 "acceptance_per_position": [float(a / d) for a, d in zip(accepted, drafted) if d],
                 "target_forwards_per_token": sum(r.stats["target_forwards"] - 1 for r in runs) / tokens,
-                "drafter_time_share": sum(r.stats["draft_time"] for r in runs) / decode if decode else 0.0,
+                "ms_per_step": 1000 * sum(r.stats["decode_time"] for r in runs) / steps if steps else 0.0,
                 "expert_loads_per_token": float(np.mean([r.stats["decode_expert_loads_per_token"] for r in runs])),
                 "peak_memory_gb": max(r.peak_memory_gb for r in runs),
-                "lossless": all(r.same_as_plain for r in runs) if config != "0" and self.temp == 0 else None,
+                "lossless": all(r.same_as_plain for r in runs) if config != "plain" and self.temp == 0 else None,
             })
         return {
             "label": (f"controlled acceptance alpha={self.alpha} (drafts replaced by the target's own tokens)" if self.alpha is not None
                       else "real drafter acceptance") + (f", temperature {self.temp} (rejection sampling)" if self.temp > 0 else ", greedy"),
             "alpha": self.alpha,
             "temp": self.temp,
-            "regime": regime(target),
+            "regime": regime(self.model.adapter),
             "model": self.model.target.name,
             "drafter": self.model.drafter.name,
             "prompts": [p["name"] for p in self.prompts],
@@ -214,6 +236,11 @@ class Bench:
             "peers": [peer_runtime.summarize(p, self.peer_runs.get(p.name, [])) for p in self.peers],
             "runs": [r.__dict__ for r in self.runs],
         }
+
+
+def default_prompts() -> Path:
+    """The bundled prompt set (chat, code, summarisation), shipped inside the package."""
+    return Path(str(resources.files("mlx_spec.tools") / "prompts" / "default.jsonl"))
 
 
 def load_prompts(path: Path, tokenizer, limit: Optional[int] = None) -> list[dict]:
@@ -239,14 +266,20 @@ def markdown(result: dict) -> str:
     ]
     if reg["warning"]:
         lines.append(f"Warning: {reg['warning']}.")
-    lines += ["", "| config | prefill tok/s | decode tok/s | speedup (95% CI) | mean accepted length | acceptance by position | target fwd/token | drafter time share | expert loads/token | peak GB | lossless |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| config | prefill tok/s | decode tok/s | speedup (95% CI) | vs mlx-lm plain (95% CI) | mean accepted length | acceptance by position | target fwd/token | ms/step | expert loads/token | peak GB | lossless |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def ratio(mean, half) -> str:
+        if mean is None or math.isnan(mean):
+            return "-"
+        return f"{mean:.2f}" + ("" if half is None or math.isnan(half) else f" +/- {half:.2f}")
+
     for r in result["rows"]:
         acc = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "-"
-        ci = "" if math.isnan(r["speedup_ci95"]) else f" +/- {r['speedup_ci95']:.2f}"
         lossless = "-" if r["lossless"] is None else ("yes" if r["lossless"] else "NO")
-        lines.append(f"| {r['config']} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {r['speedup']:.2f}{ci} | "
-                     f"{r['mean_accepted_length']:.2f} | {acc} | {r['target_forwards_per_token']:.3f} | {r['drafter_time_share']:.2f} | "
+        lines.append(f"| {r['config']} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {ratio(r['speedup'], r['speedup_ci95'])} | "
+                     f"{ratio(r.get('vs_mlx_lm_plain'), r.get('vs_mlx_lm_plain_ci95'))} | "
+                     f"{r['mean_accepted_length']:.2f} | {acc} | {r['target_forwards_per_token']:.3f} | {r['ms_per_step']:.2f} | "
                      f"{r['expert_loads_per_token']:.2f} | {r['peak_memory_gb']:.3f} | {lossless} |")
     lines += peer_runtime.markdown_lines(result.get("peers", []))
     return "\n".join(lines) + "\n"

@@ -19,7 +19,6 @@ or the exception its warm-up raised).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import time
@@ -57,23 +56,6 @@ def _version(package: str) -> str | None:
 def _short(error: Exception, limit: int = 240) -> str:
     text = " ".join(f"{type(error).__name__}: {error}".split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-@contextlib.contextmanager
-def _as_loaded(module):
-    """mlx-lm's own MoE blocks while a peer runs (our Target wraps them in expert probes)."""
-    from ..core.moe import ExpertProbe
-
-    lm = getattr(module, "language_model", module)
-    wrapped = [(layer, layer.experts) for layer in getattr(lm, "layers", [])
-               if isinstance(getattr(layer, "experts", None), ExpertProbe)]
-    for layer, probe in wrapped:
-        layer.experts = probe.inner
-    try:
-        yield
-    finally:
-        for layer, probe in wrapped:
-            layer.experts = probe
 
 
 def _timed(stream) -> tuple[list[int], list, float, float]:
@@ -132,8 +114,7 @@ class MlxLmPlain(Peer):
     def run(self, ids, max_tokens):
         from mlx_lm.generate import generate_step
 
-        with _as_loaded(self.module):
-            tokens, _, first, total = _timed(generate_step(mx.array(ids), self.module, max_tokens=max_tokens))
+        tokens, _, first, total = _timed(generate_step(mx.array(ids), self.module, max_tokens=max_tokens))
         return PeerRun(tokens, first, len(tokens) - 1, total - first, mx.get_peak_memory() / 1e9)
 
 
@@ -198,11 +179,10 @@ class MlxLmSpeculative(Peer):
         from mlx_lm.generate import speculative_generate_step
 
         k = self.draft_tokens
-        with _as_loaded(self.module):
-            caches = _trimmable_caches(self.module) + _trimmable_caches(self.draft)
-            stream = speculative_generate_step(mx.array(ids), self.target, self.draft, num_draft_tokens=k,
-                                               max_tokens=max_tokens, prompt_cache=caches)
-            tokens, from_draft, first, total = _timed((t, d) for t, _, d in stream)
+        caches = _trimmable_caches(self.module) + _trimmable_caches(self.draft)
+        stream = speculative_generate_step(mx.array(ids), self.target, self.draft, num_draft_tokens=k,
+                                           max_tokens=max_tokens, prompt_cache=caches)
+        tokens, from_draft, first, total = _timed((t, d) for t, _, d in stream)
         # Rounds as mlx-lm runs them: each drafts min(k, tokens left), yields its accepted drafts, then
         # (unless max_tokens cut it) the target's own token.
         drafted = accepted = steps = produced = i = 0

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# One prepared GPU check (MLX's CUDA backend on the device machine, see ../shared/notes/gpu.md):
+#   1. the losslessness tests on GPU kernels: tie-aware greedy == plain for every variant and k,
+#      the exact mode bit for bit, one host synchronisation per step, from_draft flags;
+#   2. the 155M proxy in bf16 and 4-bit (bf16 drafter): our plain vs mlx-lm's plain, fixed k,
+#      auto and exact-verify at controlled acceptance 0.5 / 0.7 / 0.9, in one bench run per dtype.
+# What comes back (the device tool returns at most 8 files): $OUT/tests.txt (device, versions, test
+# output), $OUT/bench-{bf16,q4}.{json,md}, $OUT/logs.txt. Plots are redrawn from the JSON afterwards.
+# Run from the project root after `source .device/b/env.sh` (the project is not pip-installed there):
+#   bash scripts/device_check.sh [tests|bench|all]
+set -u
+OUT=${OUT:-/tmp/mlx-spec-device}
+WHAT=${1:-all}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+{ python -c "import mlx.core as mx, mlx_lm; print('mlx', mx.__version__, 'mlx-lm', mlx_lm.__version__, mx.default_device())"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null; nproc; date -u; } > "$OUT/tests.txt" 2>&1
+cat "$OUT/tests.txt"
+LOGS="$OUT/logs.txt"
+
+if [ "$WHAT" != bench ]; then
+  # GPU kernels: the speculative tests are tie-aware there (tests/ties.py prints the margin at any divergence)
+  timeout ${TEST_TIMEOUT:-200} python -m pytest -q -p no:cacheprovider -rA tests/test_speculative.py \
+      -k "equals_plain or exact_verify or one_host or yields or stop_token or token_limit" >> "$OUT/tests.txt" 2>&1
+  echo "tests exit $?" >> "$OUT/tests.txt"
+  tail -n 25 "$OUT/tests.txt"
+fi
+
+if [ "$WHAT" != tests ]; then
+  P=/tmp/mlx-spec-proxy
+  if [ ! -d "$P/bf16" ]; then
+    python scripts/make_tiny_checkpoints.py "$P" --variants proxy >> "$LOGS" 2>&1
+    python -m mlx_lm convert --hf-path "$P/proxy/target" --mlx-path "$P/bf16" --dtype bfloat16 >> "$LOGS" 2>&1
+    python -m mlx_lm convert --hf-path "$P/proxy/target" --mlx-path "$P/q4" -q >> "$LOGS" 2>&1
+    # the drafter in bf16, as the released assistants ship
+    python - "$P/proxy/drafter" "$P/drafter-bf16" >> "$LOGS" 2>&1 <<'EOF'
+import shutil, sys
+from pathlib import Path
+import mlx.core as mx
+src, dst = Path(sys.argv[1]), Path(sys.argv[2])
+shutil.copytree(src, dst)
+for f in dst.glob("*.safetensors"):
+    w = {k: (v.astype(mx.bfloat16) if mx.issubdtype(v.dtype, mx.floating) else v) for k, v in mx.load(str(f)).items()}
+    mx.save_safetensors(str(f), w)
+EOF
+  fi
+  for dtype in bf16 q4; do
+    timeout ${BENCH_TIMEOUT:-150} python -m mlx_spec.cli bench --model "$P/$dtype" --drafter "$P/drafter-bf16" \
+        --limit 3 --max-tokens 128 --repeats 3 --alpha 0.5,0.7,0.9 \
+        --draft-tokens 1,2,3,4,6,8,auto,exact-4 --peers mlx-lm --out "/tmp/bench-$dtype" >> "$LOGS" 2>&1
+    echo "bench $dtype exit $?" >> "$LOGS"
+    cp "/tmp/bench-$dtype/results.json" "$OUT/bench-$dtype.json" 2>/dev/null
+    cp "/tmp/bench-$dtype/results.md" "$OUT/bench-$dtype.md" 2>/dev/null
+    tail -n 3 "$LOGS"
+  done
+fi
+ls -la "$OUT"
