@@ -23,7 +23,6 @@ import numpy as np
 
 from mlx_spec.core.loading import load_pair
 from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
-from mlx_spec.core.target import Target
 
 
 def forward_time(target, n, repeats=20):
@@ -49,7 +48,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tokens", type=int, default=200)
     args = parser.parse_args(argv)
     pair = load_pair(args.model, args.drafter)
-    target = Target(pair.target.module, pair.target.text_config)
+    target = pair.adapter
     if target.moe is None:
         print("not an MoE target", file=sys.stderr)
         return 2
@@ -81,6 +80,7 @@ def main(argv=None) -> int:
         default = forward_time(target, n)
         cache = target.make_cache()
         mx.eval(target.forward(mx.array(np.random.RandomState(n).randint(5, target.vocab_size, size=(1, n)).astype(np.int32)), cache))
+        target.moe.flush()
         unique = target.moe.per_forward[-1][1] / p.num_moe_layers
         target.moe.reset()
         print(f"| {n} | {unique:.2f} | {grouped * 1e3:.2f} | {default * 1e3:.2f} | {grouped / default:.2f} |")

@@ -16,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-from mlx_spec import configs
+from mlx_spec.core import configs
 from mlx_spec.tools.projection import (
     BYTES_PER_PARAM,
     CHIPS_GBPS,

@@ -254,8 +254,8 @@ def bench(
     results = []
     for t in temps:
         for a in alphas:
-            # Peers decode greedily and do not depend on alpha: they run with the first greedy setting only.
-            run_peers = peer_list if t == 0 and not any(r["temp"] == 0 for r in results) else []
+            # Peers decode greedily: they run beside every greedy table, so each compares within one run.
+            run_peers = peer_list if t == 0 else []
             results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a, temp=t, peers=run_peers).run())
             typer.echo(markdown(results[-1]))
     (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")

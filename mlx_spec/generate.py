@@ -38,8 +38,10 @@ class GenerationResponse:
 
 def policy_for(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings, drafter=None):
     """Fixed k, or adaptive k priced by step costs measured once per loaded pair and settings kind
-    (re-measured when the observed step time has drifted), or by weight bytes when seeded: timings
-    vary run to run and would change k, hence the random draws, so a seeded run must not use them."""
+    (re-measured when the observed step time has drifted) and starting from the acceptance the last
+    generation of that kind learned; or, when seeded, priced by weight bytes from a fresh start:
+    timings vary run to run and would change k, hence the random draws, so a seeded run must not
+    depend on them or on earlier runs."""
     drafter = drafter if drafter is not None else model.draft_model
     if drafter is None:
         return FixedPolicy(0)
@@ -52,7 +54,11 @@ def policy_for(model: SpeculativeModel, sampling: SamplingSettings, draft: Draft
     if costs is None or costs.stale:
         measuring = make_strategy(replace(sampling, seed=0))  # its own random stream, not the run's
         costs = model.costs[key] = measure_step_costs(model.adapter, drafter, draft.k_max, measuring, draft.exact_verify)
-    return make_policy(draft, costs)
+    policy = make_policy(draft, costs)
+    if key in model.policies:
+        policy.remember(model.policies[key])
+    model.policies[key] = policy
+    return policy
 
 
 def decode(model: SpeculativeModel, prompt: Sequence[int], sampling: SamplingSettings, draft: DraftSettings, *,

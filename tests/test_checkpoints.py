@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import VARIANTS
-from mlx_spec import configs
+from mlx_spec.core import configs
 from mlx_spec.core.model_config import text_config_of
 
 

@@ -38,3 +38,28 @@ def test_subprocess_quantized_pair_and_offline_error(tiny, tmp_path):
     bad = subprocess.run(exe + ["check", "-m", "google/gemma-4-E2B-it"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and "local Hugging Face cache" in bad.stderr
+
+
+def test_bad_prompt_ids_are_one_line_errors_not_crashes(tiny):
+    """An id past the embedding table used to crash the process (segmentation fault); negative ids
+    were accepted silently. Both are now one line and exit code 2, in a real subprocess."""
+    exe = [sys.executable, "-m", "mlx_spec.cli", "generate", "-m", str(tiny / "dense" / "target"),
+           "-d", str(tiny / "dense" / "drafter-trained"), "--max-tokens", "4", "--prompt-ids"]
+    for ids, shown in (("2,5,99999", "99999"), ("2,-3,7", "-3"), ("2,x", "comma-separated")):
+        res = subprocess.run(exe + [ids], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2, (ids, res.returncode, res.stderr)
+        assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and shown in res.stderr, res.stderr
+
+
+def test_draft_tokens_range_is_the_same_everywhere(tiny, capsys):
+    """0..32 for generate, chat and bench alike (chat's cache is made with the slack the setting needs)."""
+    import mlx_spec
+    from mlx_spec.chat import ChatSession
+
+    for command in ("generate", "chat", "bench"):
+        code = main([command, "-m", str(tiny / "dense" / "target"), "--draft-tokens", "33", "--prompt-ids", "2"][: 5 if command != "generate" else 7])
+        assert code == 2 and "0 to 32" in capsys.readouterr().err, command
+    model, tokenizer = mlx_spec.load(tiny / "dense" / "target", tiny / "dense" / "drafter-trained")
+    session = ChatSession(model, tokenizer, max_tokens=40, draft_tokens=20, ignore_eos=True)
+    replies = [r.token for r in session.ask("hello")] + [r.token for r in session.ask("again")]
+    assert len(replies) == 80 and session.last_stats.drafted > 0

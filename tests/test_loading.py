@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURES, QUANTIZED, VARIANTS
-from mlx_spec import configs
+from mlx_spec.core import configs
 from mlx_spec.core.errors import ConfigError, ModelFilesError, PairMismatchError
 from mlx_spec.core.loading import (
     check_pair,

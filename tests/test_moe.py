@@ -11,7 +11,7 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 
-from mlx_spec import configs
+from mlx_spec.core import configs
 from mlx_spec.core.loading import load_pair
 from mlx_spec.core.moe import MoEProfile, expected_unique_experts
 from mlx_spec.core.policy import AdaptivePolicy, StepCosts

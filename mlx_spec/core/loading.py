@@ -262,6 +262,7 @@ class SpeculativeModel:
     drafter: Optional[LoadedModel]
     adapter: Target = field(init=False)
     costs: dict = field(default_factory=dict)  # measured step costs, by (greedy, exact verify, k_max)
+    policies: dict = field(default_factory=dict)  # the last adaptive policy, same keys: acceptance carried over
 
     def __post_init__(self):
         self.adapter = Target(self.target.module, self.target.text_config)

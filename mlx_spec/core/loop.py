@@ -280,15 +280,16 @@ def _decode(prompt, target, drafter, policy, strategy, exact, max_tokens, stop, 
     if first in stop:
         return
 
+    owed = 0.0  # graph-building time of the block being read, already charged to the step before it
     while block is not None:
         ahead = None
         if block.k == 0:  # plain step: nothing to roll back, so queue the next one before reading this one
             ahead = queue(block.next_token, block.hidden, generated + 1)
         n, drafts, next_token = read_block(block, target)
         now = time.perf_counter()
-        policy.update(block.k, n, now - last_read)
-        stats.record_step(drafts, n, now - last_read)
-        last_read = now
+        interval, last_read = now - last_read, now
+        policy.update(block.k, n)
+        stats.record_step(drafts, n, interval)
         if block.k:
             trim_all(cache, block.k - n)  # rollback: forget the rejected drafts
         if target.moe is not None:
@@ -298,8 +299,13 @@ def _decode(prompt, target, drafter, policy, strategy, exact, max_tokens, stop, 
         end = next((i + 1 for i, t in enumerate(out) if t in stop), len(out))
         end = min(end, max_tokens - generated)
         finished = generated + end >= max_tokens or out[end - 1] in stop
-        if not finished and ahead is None:
+        bubble = 0.0
+        if not finished and ahead is None:  # the device idles while the next graph is built: a cost of this step
+            t0 = time.perf_counter()
             ahead = queue(block.next_token, block.hidden, generated + end)
+            bubble = time.perf_counter() - t0
+        policy.observe(block.k, interval - owed + bubble)
+        owed = bubble
         for i in range(end):
             generated = stats.generated = generated + 1
             yield out[i], i < n

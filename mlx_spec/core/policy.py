@@ -35,30 +35,39 @@ class CostModel(Protocol):
 
 @dataclass
 class StepCosts:
-    """Seconds (or any unit) of one step drafting k tokens, index k = 0 (plain decoding) .. k_max."""
+    """Seconds (or any unit) of one step drafting k tokens, index k = 0 (plain decoding) .. k_max.
 
-    seconds: list[float]
+    `measured` is the warm-up table. Each observed step moves its own k's estimate (exponentially,
+    one observation's ratio clipped to [0.5, 2] so a stall or a GC pause moves it little) and a global
+    drift (observed over measured, all k), which scales the k not observed yet. A drift beyond
+    DRIFT_LIMIT marks the table stale: the next generation measures it again."""
+
+    measured: list[float]
     smoothing: float = 0.1  # per observation; 0: a fixed model (seeded runs, projections)
     drift: float = 1.0
     stale: bool = False
+    seconds: dict = field(default_factory=dict)  # k -> current estimate, for the k observed
 
-    def _base(self, k: int) -> float:
-        table = self.seconds
+    def _measured(self, k: int) -> float:
+        table = self.measured
         if k < len(table):
             return table[k]
         slope = (table[-1] - table[0]) / max(1, len(table) - 1)  # linear beyond the table
         return table[-1] + slope * (k - len(table) + 1)
 
     def step(self, k: int) -> float:
-        return self._base(k) * self.drift
+        return self.seconds.get(k, self._measured(k) * self.drift)
 
     def observe(self, k: int, seconds: float) -> None:
         if not self.smoothing or seconds <= 0:
             return
-        ratio = min(2.0, max(0.5, seconds / self.step(k)))  # one outlier (a GC pause, a stall) moves little
-        self.drift *= 1 + 0.5 * self.smoothing * (ratio - 1)
-        if k < len(self.seconds):
-            self.seconds[k] *= 1 + self.smoothing * (ratio - 1)
+        s = self.smoothing
+
+        def clip(ratio):
+            return min(2.0, max(0.5, ratio))
+
+        self.seconds[k] = self.step(k) * (1 + s * (clip(seconds / self.step(k)) - 1))
+        self.drift += s * (clip(seconds / self._measured(k)) * 1.0 - self.drift)
         if not 1 / DRIFT_LIMIT <= self.drift <= DRIFT_LIMIT:
             self.stale = True
 
@@ -128,7 +137,10 @@ class FixedPolicy:
     def choose(self) -> int:
         return self.k
 
-    def update(self, k: int, accepted: int, seconds: float) -> None:
+    def update(self, k: int, accepted: int) -> None:
+        pass
+
+    def observe(self, k: int, seconds: float) -> None:
         pass
 
 
@@ -161,6 +173,14 @@ class AdaptivePolicy:
             out.append(previous)
         return out
 
+    def remember(self, previous: "AdaptivePolicy", weight: float = 0.5) -> "AdaptivePolicy":
+        """Start from an earlier generation's acceptance estimates (at `weight`), not from the prior:
+        the same pair on the same kind of text accepts alike, and the first steps need not relearn it."""
+        if previous.k_max == self.k_max:
+            self.accepted = [a * weight for a in previous.accepted]
+            self.reached = [r * weight for r in previous.reached]
+        return self
+
     def rate(self, k: int) -> float:
         """Expected tokens per second when drafting k."""
         return expected_tokens(self.acceptance, k) / self.costs.step(k)
@@ -175,8 +195,12 @@ class AdaptivePolicy:
         self.history.append(k)
         return k
 
-    def update(self, k: int, accepted: int, seconds: float) -> None:
+    def observe(self, k: int, seconds: float) -> None:
+        """What a step drafting k cost (the loop charges it the pipeline bubble it causes)."""
         self.costs.observe(k, seconds)
+
+    def update(self, k: int, accepted: int) -> None:
+        """How many of a step's k drafts were accepted."""
         self._since_draft = 0 if k > 0 else self._since_draft + 1
         if k == 0:
             return

@@ -4,7 +4,7 @@ For each prompt and repeat, plain decoding runs first, then every requested draf
 drift of the machine hits all configurations alike; a warm-up pass precedes the measured ones.
 Reported per configuration: prefill and decode tokens/s, speedup over plain (paired per prompt and
 repeat, mean with a 95% confidence interval), mean accepted length, acceptance per position, target
-forwards per token, milliseconds per step, expert loads per token (MoE), peak memory, and the ratio
+forwards per token, milliseconds per step (median over runs), expert loads per token (MoE), peak memory, and the ratio
 to mlx-lm's own plain decoding when that peer runs. Every result
 records the regime: device, MLX version, weight dtype, BLAS, and whether it looks compute-bound.
 
@@ -216,7 +216,7 @@ class Bench:
                 "mean_accepted_length": 1 + accepted_total / steps if steps else 1.0,
                 "acceptance_per_position": [float(a / d) for a, d in zip(accepted, drafted) if d],
                 "target_forwards_per_token": sum(r.stats["target_forwards"] - 1 for r in runs) / tokens,
-                "ms_per_step": 1000 * sum(r.stats["decode_time"] for r in runs) / steps if steps else 0.0,
+                "ms_per_step": 1000 * float(np.median([r.stats["decode_time"] / r.stats["steps"] for r in runs if r.stats["steps"]] or [0.0])),
                 "expert_loads_per_token": float(np.mean([r.stats["decode_expert_loads_per_token"] for r in runs])),
                 "peak_memory_gb": max(r.peak_memory_gb for r in runs),
                 "lossless": all(r.same_as_plain for r in runs) if config != "plain" and self.temp == 0 else None,
