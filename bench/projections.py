@@ -4,7 +4,7 @@
     python bench/projections.py [--out bench]
 
 Writes bench/PROJECTIONS.md and bench/projections.json from the bundled released configs with the
-bandwidth-bound model of mlx_spec/projection.py: plain decode ceiling per chip, speculative tokens/s
+bandwidth-bound model of mlx_spec/tools/projection.py: plain decode ceiling per chip, speculative tokens/s
 at per-position acceptance 0.6-0.9 for k = 1..8, with the expert union of an MoE verify and (for
 contrast) without it, and the k the policy picks (k = 0: plain decoding).
 """
@@ -66,7 +66,7 @@ def markdown(data: dict) -> str:
         "# PROJECTION: Gemma 4 26B-A4B and 31B speculative decoding on Apple Silicon",
         "",
         "**Not measured.** Computed by `python bench/projections.py` from the released configs bundled in",
-        "`mlx_spec/configs/`, with a bandwidth-bound model (`mlx_spec/projection.py`): every weight byte a",
+        "`mlx_spec/core/configs/`, with a bandwidth-bound model (`mlx_spec/tools/projection.py`): every weight byte a",
         "step touches is read once; KV traffic, activations and kernel overheads are ignored, so these are",
         "ceilings. Target 4-bit = MLX affine group 64 (4.5 bits/weight), drafter bf16 as released (its dense",
         f"262144-wide tied head included). Bandwidth (GB/s): {', '.join(f'{c} {b}' for c, b in CHIPS_GBPS.items())}.",

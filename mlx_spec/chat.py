@@ -9,6 +9,7 @@ token history. The cache keeps rollback slack for the longest block the draft se
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Generator, Optional, Union
 
 from .core.loading import SpeculativeModel
@@ -67,7 +68,10 @@ class ChatSession:
         stats = SpecStats()
         self.last_stats = stats
         stop = set() if self.ignore_eos else set(self.tokenizer.eos_token_ids)
-        steps = decode(self.model, new, self.sampling, self.draft, max_tokens=self.max_tokens, stop=stop,
+        sampling = self.sampling  # a seeded session draws afresh each turn, reproducibly: seed + turn
+        if sampling.seed is not None:
+            sampling = replace(sampling, seed=sampling.seed + self.turns)
+        steps = decode(self.model, new, sampling, self.draft, max_tokens=self.max_tokens, stop=stop,
                        stats=stats, cache=self.cache)
         self.turns += 1
         replied: list[int] = []

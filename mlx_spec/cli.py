@@ -258,11 +258,19 @@ def bench(
             run_peers = peer_list if t == 0 else []
             results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a, temp=t, peers=run_peers).run())
             typer.echo(markdown(results[-1]))
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out_dir / "results.md").write_text("\n".join(markdown(r) for r in results))
+            # after every table, so a run stopped part-way (a time limit) keeps what it measured
+            _write_atomically(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
+            _write_atomically(out_dir / "results.md", "\n".join(markdown(r) for r in results))
     for png in plot(results, out_dir):
         typer.echo(f"wrote {png}")
     typer.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
+
+
+def _write_atomically(path, text: str) -> None:
+    """Write through a temporary file and a rename: a reader never sees half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 @app.command("demo-models")

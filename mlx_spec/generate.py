@@ -36,13 +36,12 @@ class GenerationResponse:
     stats: SpecStats = field(default_factory=SpecStats)
 
 
-def policy_for(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings, drafter=None):
+def policy_for(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings, drafter):
     """Fixed k, or adaptive k priced by step costs measured once per loaded pair and settings kind
     (re-measured when the observed step time has drifted) and starting from the acceptance the last
     generation of that kind learned; or, when seeded, priced by weight bytes from a fresh start:
     timings vary run to run and would change k, hence the random draws, so a seeded run must not
     depend on them or on earlier runs."""
-    drafter = drafter if drafter is not None else model.draft_model
     if drafter is None:
         return FixedPolicy(0)
     if not draft.adaptive:
