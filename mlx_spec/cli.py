@@ -282,7 +282,8 @@ def demo_models(
     into mlx-lm folders, with their trained drafters beside them (DIR/<name>/target, DIR/<name>/drafter)."""
     from pathlib import Path
 
-    from .tools.demo_models import demo_home, make_demo_models
+    from .core.loading import demo_home
+    from .tools.demo_models import make_demo_models
 
     folder = Path(out) if out else demo_home()
     names = [n.strip() for n in only.split(",") if n.strip()] if only else None

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
-from .moe import ExpertTracker, MoEProfile, expected_unique_experts, parameter_bytes
+from .moe import ExpertTracker, MoEProfile, parameter_bytes
 
 DRIFT_LIMIT = 1.5  # observed / measured step time beyond which the table is re-measured
 

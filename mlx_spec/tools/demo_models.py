@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..core.errors import ModelFilesError
-from ..core.loading import DEMO_NAMES, demo_home
+from ..core.loading import DEMO_NAMES
 
 DEMO_DRAFTERS = "mlx_spec.tools.demo_drafters"
 
