@@ -90,7 +90,7 @@ def test_demo_layout_and_bundled_drafters(demo):
 def test_real_drafter_is_lossless_on_real_text(demo):
     """Greedy speculative output equals plain greedy with the bundled drafter, on the real target."""
     from mlx_spec import load
-    from mlx_spec.core.loop import speculative_generate_step, token_ids
+    from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
     from mlx_spec.core.target import Target
 
     name = "smollm2-135m"
@@ -100,14 +100,9 @@ def test_real_drafter_is_lossless_on_real_text(demo):
     target = Target(pair.target.module, pair.target.text_config)
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": "Explain what a file system is in two sentences."}], add_generation_prompt=True)
     plain = token_ids(speculative_generate_step(prompt, target, None, draft_tokens=0, max_tokens=48))
-    stats = []
-    for k in (2, 4):
-        from mlx_spec.core.loop import SpecStats
-
-        s = SpecStats()
-        assert token_ids(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=k, max_tokens=48, stats=s)) == plain
-        stats.append(s)
-    assert stats[0].accepted > 0  # a trained drafter is accepted on real text
+    s = SpecStats()
+    assert token_ids(speculative_generate_step(prompt, target, pair.drafter.module, draft_tokens=3, max_tokens=48, stats=s)) == plain
+    assert s.accepted > 0 and s.accepted < s.drafted  # a trained drafter is accepted on real text, and rejected too
 
 
 def test_missing_package_says_how_to_install(monkeypatch, tmp_path):

@@ -49,12 +49,14 @@ def first_difference(a, b):
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), None if len(a) == len(b) else min(len(a), len(b)))
 
 
-def check_lossless(spec: list[int], plain: list[int], margins: list[float], label: str, exact: bool | None = None,
+def check_lossless(spec: list[int], plain: list[int], margins, label: str, exact: bool | None = None,
                    tolerance: float = TIE_TOLERANCE) -> None:
-    """spec == plain (exact backends, or exact=True); else any first divergence is at a near-tie."""
+    """spec == plain (exact backends, or exact=True); else any first divergence is at a near-tie.
+    `margins`: plain's top-2 margins per position, or a function computing them (only on a divergence)."""
     j = first_difference(spec, plain)
     if j is None:
         return
+    margins = margins() if callable(margins) else margins
     exact = exact_backend() if exact is None else exact
     assert not exact, f"{label}: first difference at token {j} (plain's top-2 margin there {margins[j]:.4g})"
     assert j < len(margins) and margins[j] < tolerance, (
