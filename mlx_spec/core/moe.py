@@ -160,6 +160,10 @@ class ExpertTracker:
             probe.recording = True
         try:
             yield
+        except BaseException:  # an interrupted forward (Ctrl-C in a prefill) is not counted into the next one
+            for probe in self.probes:
+                probe.recorded.clear()
+            raise
         finally:
             for probe in self.probes:
                 probe.recording = False
