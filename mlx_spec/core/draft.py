@@ -14,7 +14,7 @@ KV. Everything stays lazy: the drafts flow into the verify without a host round 
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
 import mlx.core as mx
 
@@ -24,8 +24,10 @@ Sampler = Callable[[mx.array], mx.array]  # logits [1, V] -> token ids [1]
 class Drafter(Protocol):
     sliding_span: int  # newest sliding-layer keys one draft step attends to
 
-    def __call__(self, inputs_embeds: mx.array, position: int, shared_kv: dict) -> tuple[mx.array, mx.array]:
-        """inputs [1, 1, 2 * backbone] -> (logits [1, 1, V], next hidden [1, 1, backbone])."""
+    def __call__(self, inputs_embeds: mx.array, position, shared_kv: dict, masks: Optional[dict] = None) -> tuple[mx.array, mx.array]:
+        """inputs [B, 1, 2 * backbone] at RoPE position(s) `position` (int, or mx.array [B] for a batch
+        of rows at their own positions) -> (logits [B, 1, V], next hidden [B, 1, backbone]). `masks`
+        (per layer type, [B, 1, 1, S]): which of the shared keys each row attends to (ragged batches)."""
 
 
 def propose(drafter: Drafter, target, cache: list, token: mx.array, hidden: mx.array, k: int,
@@ -46,6 +48,25 @@ def propose(drafter: Drafter, target, cache: list, token: mx.array, hidden: mx.a
         tokens.append(last)
         logits.append(step_logits)
     return mx.concatenate(tokens).astype(mx.int32), mx.concatenate(logits)
+
+
+def propose_rows(drafter: Drafter, target, caches: list, tokens: mx.array, hidden: mx.array, k: int,
+                 draft: Callable[[mx.array], mx.array]) -> tuple[mx.array, mx.array]:
+    """`propose` for B rows at their own positions (ragged caches, batch_cache.py): tokens [B], hidden
+    [B, 1, H]; `draft` maps drafter logits [B, V] to proposals [B]. Returns (drafts [B, k] int32,
+    logits [B, k, V]); lazy. One batched drafter pass per draft step."""
+    positions = caches[0].offset
+    kv, masks = target.shared_kv_rows(caches, drafter.sliding_span)
+    drafts, logits = [], []
+    last = tokens
+    for _ in range(k):
+        inputs = mx.concatenate([target.embed(last[:, None]), hidden], axis=-1)
+        step_logits, hidden = drafter(inputs, positions, kv, masks)
+        step_logits = step_logits[:, -1]
+        last = draft(step_logits)
+        drafts.append(last)
+        logits.append(step_logits)
+    return mx.stack(drafts, axis=1).astype(mx.int32), mx.stack(logits, axis=1)
 
 
 def target_position(cache: list) -> int:

@@ -234,7 +234,7 @@ def speculative_generate_step(
             stats.record_experts(target.moe)
 
 
-def _prefill(target, strategy, prompt, cache, step_size, stats) -> tuple[mx.array, mx.array]:
+def prefill(target, strategy, prompt, cache, step_size, stats) -> tuple[mx.array, mx.array]:
     """Read the prompt in chunks; the first token and the hidden state that predicted it (lazy)."""
     ids = mx.array(prompt)[None]
     with mx.stream(generation_stream):
@@ -254,7 +254,7 @@ def _decode(prompt, target, drafter, policy, strategy, exact, max_tokens, stop, 
     t0 = time.perf_counter()
     if target.moe is not None:
         target.moe.reset()
-    token, hidden = _prefill(target, strategy, prompt, cache, prefill_step_size, stats)
+    token, hidden = prefill(target, strategy, prompt, cache, prefill_step_size, stats)
     prefill_mark = target.moe.pending if target.moe is not None else 0
 
     def queue(token, hidden, yielded_before: int) -> Optional[Block]:
@@ -349,6 +349,12 @@ def measure_step_costs(target, drafter: Drafter, k_max: int, strategy: Strategy 
         read_block(build_block(target, drafter, strategy, cache, tokens[i % len(tokens)], hidden, k, exact), target)
         trim_all(cache, k + 1)
 
+    return costs_from(target, time_steps(plain, spec, k_max, warmup, repeats, plain_run))
+
+
+def time_steps(plain, spec, k_max: int, warmup: int, repeats: int, plain_run: int) -> list[float]:
+    """Seconds per step for k = 0..k_max: `plain()` runs `plain_run` pipelined plain steps, `spec(k, i)`
+    one step drafting k; `warmup` untimed runs (compilation, allocation), then the median of `repeats`."""
     seconds = []
     for k in range(k_max + 1):
         samples = []
@@ -357,11 +363,18 @@ def measure_step_costs(target, drafter: Drafter, k_max: int, strategy: Strategy 
             plain() if k == 0 else spec(k, i)
             samples.append((time.perf_counter() - t0) / (plain_run if k == 0 else 1))
         seconds.append(median(samples[warmup:]))
+    return seconds
+
+
+def costs_from(target, seconds: list[float], rows: int = 1):
+    """A measured table as the policy's cost model: `StepCosts`, or for an MoE target `MoECosts`
+    holding the expert union the measured verifies of rows x (k + 1) tokens loaded."""
     table = StepCosts(seconds)
     if target.moe is None:
         return table
     target.moe.flush()
-    union = [target.moe.mean_unique_per_layer(k + 1) for k in range(k_max + 1)]
+    union = [target.moe.mean_unique_per_layer(rows * (k + 1)) for k in range(len(seconds))]
     target.moe.reset()  # warm-up forwards are not part of any generation's counts
     profile = target.moe.profile
-    return MoECosts(table, [u if u is not None else 0.0 for u in union], seconds[0] / profile.verify_bytes(1), profile, target.moe)
+    return MoECosts(table, [u if u is not None else 0.0 for u in union], seconds[0] / profile.verify_bytes(rows),
+                    profile, target.moe, rows)

@@ -20,7 +20,7 @@ verifies loaded (random tokens) and those real text loads (observed by the exper
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from .moe import ExpertTracker, MoEProfile, parameter_bytes
 
@@ -87,13 +87,14 @@ class MoECosts:
     seconds_per_byte: float
     profile: MoEProfile
     tracker: Optional[ExpertTracker] = None
+    rows: int = 1  # a batched step verifies rows x (k + 1) tokens
 
     @property
     def stale(self) -> bool:
         return self.base.stale
 
     def _correction(self, k: int) -> float:
-        observed = self.tracker.mean_unique_per_layer(k + 1) if self.tracker is not None else None
+        observed = self.tracker.mean_unique_per_layer(self.rows * (k + 1)) if self.tracker is not None else None
         if observed is None or k >= len(self.measured_union):
             return 0.0
         return self.seconds_per_byte * (observed - self.measured_union[k]) * sum(self.profile.expert_bytes)
@@ -145,26 +146,22 @@ class FixedPolicy:
 
 
 @dataclass
-class AdaptivePolicy:
-    """Online acceptance per position + a cost model -> the k with the best expected tokens/second."""
+class Acceptance:
+    """Online acceptance per draft position, exponentially weighted (one sequence's, or a batch row's)."""
 
     k_max: int
-    costs: CostModel
     prior: float = 0.5  # acceptance assumed before any evidence
     prior_weight: float = 2.0  # in pseudo-observations of the position before
     decay: float = 0.97  # per step: remembers roughly the last 30 steps
-    probe_every: int = 16
     accepted: list[float] = field(default_factory=list)
     reached: list[float] = field(default_factory=list)
-    _since_draft: int = 0
-    history: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.accepted = [0.0] * self.k_max
         self.reached = [0.0] * self.k_max
 
     @property
-    def acceptance(self) -> list[float]:
+    def estimates(self) -> list[float]:
         """Per-position estimates, each shrunk towards the one before it (the first towards `prior`):
         a position never reached yet is assumed as good as the last one observed."""
         out, previous = [], self.prior
@@ -173,17 +170,56 @@ class AdaptivePolicy:
             out.append(previous)
         return out
 
-    def remember(self, previous: "AdaptivePolicy", weight: float = 0.5) -> "AdaptivePolicy":
-        """Start from an earlier generation's acceptance estimates (at `weight`), not from the prior:
-        the same pair on the same kind of text accepts alike, and the first steps need not relearn it."""
+    def expected_tokens(self, k: int) -> float:
+        return expected_tokens(self.estimates, k)
+
+    def remember(self, previous: "Acceptance", weight: float = 0.5) -> None:
+        """Start from earlier estimates (at `weight`), not from the prior: the same pair on the same
+        kind of text accepts alike, and the first steps need not relearn it."""
         if previous.k_max == self.k_max:
             self.accepted = [a * weight for a in previous.accepted]
             self.reached = [r * weight for r in previous.reached]
+
+    def update(self, k: int, accepted: int) -> None:
+        """How many of a step's k drafts were accepted (k = 0 steps teach nothing)."""
+        if k == 0:
+            return
+        for i in range(self.k_max):
+            self.accepted[i] *= self.decay
+            self.reached[i] *= self.decay
+        # position i+1 was reached if the first i drafts were accepted
+        for i in range(min(k, accepted + 1)):
+            self.reached[i] += 1
+            if i < accepted:
+                self.accepted[i] += 1
+
+
+@dataclass
+class AdaptivePolicy:
+    """Online acceptance per position + a cost model -> the k with the best expected tokens/second."""
+
+    k_max: int
+    costs: CostModel
+    probe_every: int = 16
+    seen: Acceptance = None
+    _since_draft: int = 0
+    history: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.seen = Acceptance(self.k_max)
+
+    @property
+    def acceptance(self) -> list[float]:
+        return self.seen.estimates
+
+    def remember(self, previous: "AdaptivePolicy", weight: float = 0.5) -> "AdaptivePolicy":
+        """Start from an earlier generation's acceptance estimates (see Acceptance.remember)."""
+        self.seen.remember(previous.seen, weight)
         return self
 
     def rate(self, k: int) -> float:
         """Expected tokens per second when drafting k."""
-        return expected_tokens(self.acceptance, k) / self.costs.step(k)
+        return self.seen.expected_tokens(k) / self.costs.step(k)
 
     def best(self) -> int:
         return max(range(self.k_max + 1), key=lambda k: (self.rate(k), -k))
@@ -202,16 +238,44 @@ class AdaptivePolicy:
     def update(self, k: int, accepted: int) -> None:
         """How many of a step's k drafts were accepted."""
         self._since_draft = 0 if k > 0 else self._since_draft + 1
-        if k == 0:
-            return
-        for i in range(self.k_max):
-            self.accepted[i] *= self.decay
-            self.reached[i] *= self.decay
-        # position i+1 was reached if the first i drafts were accepted
-        for i in range(min(k, accepted + 1)):
-            self.reached[i] += 1
-            if i < accepted:
-                self.accepted[i] += 1
+        self.seen.update(k, accepted)
+
+
+@dataclass
+class BatchPolicy:
+    """One draft length for a batch of rows: the k in 0..k_max maximising the batch's expected tokens
+    per second, the sum over rows of E[tokens_b](k) (each row's own acceptance) over the cost of one
+    step verifying B x (k + 1) tokens (`costs_for(B)`: measured tables, for an MoE corrected by the
+    expert union all B x (k + 1) tokens route to). k = 0 is batched plain decoding; while parked there
+    it probes k = 1 every `probe_every` steps. `fixed`: always that k."""
+
+    k_max: int
+    costs_for: Optional[Callable[[int], CostModel]] = None
+    fixed: Optional[int] = None
+    probe_every: int = 16
+    _since_draft: int = 0
+    history: list[int] = field(default_factory=list)
+
+    def rate(self, rows: list[Acceptance], k: int) -> float:
+        """Expected tokens per second of the whole batch when drafting k."""
+        return sum(a.expected_tokens(k) for a in rows) / self.costs_for(len(rows)).step(k)
+
+    def choose(self, rows: list[Acceptance]) -> int:
+        if self.fixed is not None:
+            return self.fixed
+        k = max(range(self.k_max + 1), key=lambda k: (self.rate(rows, k), -k))
+        if k == 0 and self.k_max > 0 and self._since_draft >= self.probe_every:
+            k = 1
+        self.history.append(k)
+        return k
+
+    def update(self, k: int) -> None:
+        self._since_draft = 0 if k > 0 else self._since_draft + 1
+
+    def observe(self, batch: int, k: int, seconds: float) -> None:
+        """What a step of `batch` rows drafting k cost (including the pipeline bubble it caused)."""
+        if self.costs_for is not None:
+            self.costs_for(batch).observe(k, seconds)
 
 
 def make_policy(draft, costs: Optional[CostModel] = None):

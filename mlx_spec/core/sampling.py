@@ -24,7 +24,8 @@ from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
 
 from .settings import SamplingSettings
 
-__all__ = ["SamplingSettings", "Distribution", "Strategy", "Greedy", "RejectionSampler", "GREEDY", "make_strategy"]
+__all__ = ["SamplingSettings", "Distribution", "Strategy", "Greedy", "RejectionSampler", "GREEDY", "make_strategy",
+           "draft_rows", "accept_rows"]
 
 
 class Distribution:
@@ -124,6 +125,29 @@ class RejectionSampler:
         # one candidate per position: the residual draw after a rejection there, the bonus from p after all k
         candidates = mx.random.categorical(mx.log(mx.concatenate([residual, p[k:]], axis=0)), key=self.key())
         return n, mx.take(candidates.astype(mx.int32), n).reshape(1)
+
+
+def draft_rows(strategies: list, logits: mx.array) -> mx.array:
+    """Drafter logits [B, V] -> one proposal per row [B] (int32), each row by its own strategy."""
+    if all(s is GREEDY for s in strategies):
+        return mx.argmax(logits, axis=-1).astype(mx.int32)
+    return mx.concatenate([s.draft(logits[b : b + 1]) for b, s in enumerate(strategies)])
+
+
+def accept_rows(strategies: list, drafts: mx.array, draft_logits: Optional[mx.array], target_logits: mx.array):
+    """Per-row acceptance of a batch block: drafts [B, k], drafter logits [B, k, V] (None when k = 0),
+    target logits [B, k + 1, V] -> (n accepted [B], next token [B]), lazy. Greedy rows are decided
+    together; sampled rows each by their own strategy (own settings, own random stream)."""
+    if all(s is GREEDY for s in strategies):
+        choices = mx.argmax(target_logits, axis=-1).astype(mx.int32)  # [B, k + 1]
+        k = drafts.shape[1]
+        if k == 0:
+            return mx.zeros((choices.shape[0],), mx.int32), choices[:, 0]
+        n = mx.cumprod((drafts == choices[:, :k]).astype(mx.int32), axis=1).sum(axis=1)
+        return n, mx.take_along_axis(choices, n[:, None], axis=1)[:, 0]
+    rows = [s.accept(drafts[b], None if draft_logits is None else draft_logits[b], target_logits[b])
+            for b, s in enumerate(strategies)]
+    return mx.stack([n for n, _ in rows]).astype(mx.int32), mx.concatenate([t for _, t in rows])
 
 
 def make_strategy(settings: SamplingSettings) -> Strategy:

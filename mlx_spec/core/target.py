@@ -8,6 +8,7 @@ drafter trained for it (models/mtp_drafter.py).
   computed exactly as mlx-lm's `Model.__call__` computes logits (tied head, final softcapping).
 - `make_cache()` builds rollback-able caches: mlx-lm's `KVCache` for full layers and our
   `SlidingKVCache` for sliding layers, one per non-KV-shared layer as mlx-lm expects.
+- `make_ragged_cache()` the same for B rows at their own positions (batch_cache.py).
 - `shared_kv(cache, span)` reads, in place, the KV of the producer layers the drafter attends to
   (the last non-shared layer of each attention type).
 """
@@ -19,6 +20,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import KVCache
 from mlx_lm.models.gemma4_text import logit_softcap
 
+from .batch_cache import RaggedKVCache
 from .cache import SlidingKVCache, full_kv
 from .model_config import FULL, SLIDING, kv_producer_layers
 from .moe import ExpertTracker
@@ -48,6 +50,13 @@ class Target:
             for i in range(self.num_cached_layers)
         ]
 
+    def make_ragged_cache(self, max_rollback: int = 8) -> list:
+        """Caches for B sequences at their own positions (batch_cache.py), one per cached layer."""
+        return [
+            RaggedKVCache(None if self.layer_types[i] == FULL else self.sliding_window, max_rollback)
+            for i in range(self.num_cached_layers)
+        ]
+
     def embed(self, tokens: mx.array) -> mx.array:
         """Scaled token embeddings, as the target's first layer (and the drafter) see them."""
         return self.lm.model.embed_tokens(tokens) * self.embed_scale
@@ -65,7 +74,7 @@ class Target:
         if self.moe is None:
             hidden = self.lm.model(tokens, cache=cache)
         else:
-            with self.moe.recording(tokens.shape[-1]):
+            with self.moe.recording(tokens.size):
                 hidden = self.lm.model(tokens, cache=cache)
         if last_only:
             hidden = hidden[:, -1:]
@@ -79,6 +88,16 @@ class Target:
         if SLIDING in self.producers:
             kv[SLIDING] = cache[self.producers[SLIDING]].recent(sliding_span)
         return kv
+
+    def shared_kv_rows(self, caches: list, sliding_span: int) -> tuple[dict, dict]:
+        """As `shared_kv` for ragged batch caches: the producers' KV and, per layer type, the mask
+        [B, 1, 1, S] of what each row's draft query attends to."""
+        kv, masks = {}, {}
+        for kind, span in ((FULL, None), (SLIDING, sliding_span)):
+            if kind in self.producers:
+                keys, values, masks[kind] = caches[self.producers[kind]].visible(span)
+                kv[kind] = (keys, values)
+        return kv, masks
 
 
 def output_head(lm: nn.Module) -> nn.Module:

@@ -1,0 +1,402 @@
+"""Batched speculative decoding: B sequences decoded together, each accepting its own drafts.
+
+    add       a request is prefilled alone (batch-1 caches, so its prompt is read exactly as a single
+              generation reads it) and joins the batch at the next step, its first token emitted then.
+    draft     one batched drafter pass per draft step proposes k tokens for every row, each row at its
+              own position, reading the target's KV in place (ragged caches, batch_cache.py).
+    verify    one target forward over B x (k + 1) tokens.
+    accept    per row: n_b accepted drafts + the target's own next token (greedy match, or rejection
+              sampling with the row's own settings and random stream).
+    rollback  per row: exactly k - n_b positions, in every cache kind (sliding layers past the window
+              and KV-shared layers included); nothing is padded to another row's acceptance.
+    emit      per row, its n_b + 1 tokens (cut at its stop token or token limit); a finished row
+              leaves the batch and frees its slot, and rows can be added and removed between steps.
+
+As in the single-sequence loop (loop.py), a step is one lazy graph with one host synchronisation;
+plain steps (k = 0) are queued before the previous one is read, and the next block is queued before
+the step returns its outputs. The draft length is one k for the whole batch, chosen by `BatchPolicy`
+from every row's acceptance and the measured cost of a B x (k + 1) verify.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import mlx.core as mx
+import numpy as np
+from mlx_lm.generate import generation_stream
+
+from .cache import trim_all
+from .draft import Drafter, propose_rows
+from .errors import MlxSpecError
+from .loop import SpecStats, check_token_ids, costs_from, prefill, time_steps
+from .policy import Acceptance, BatchPolicy
+from .sampling import GREEDY, Strategy, accept_rows, draft_rows
+
+
+@dataclass
+class BatchStats:
+    """Counters and timings of a batched run; `rows` holds each request's own SpecStats."""
+
+    steps: int = 0  # batched verify passes
+    target_forwards: int = 0  # prefill chunks (per request) + batched verify passes
+    drafter_forwards: int = 0  # batched draft steps
+    drafted: int = 0  # over rows
+    accepted: int = 0
+    generated: int = 0
+    expert_loads: int = 0
+    expert_bytes: float = 0.0
+    prefill_expert_loads: int = 0
+    prefill_time: float = 0.0
+    decode_time: float = 0.0  # from the first batched step's queueing to the last step's read
+    batch_sizes: list[int] = field(default_factory=list)  # rows per step
+    draft_lengths: list[int] = field(default_factory=list)  # k per step
+    rows: list[SpecStats] = field(default_factory=list)
+
+    @property
+    def accepted_per_row(self) -> list[int]:
+        return [r.accepted for r in self.rows]
+
+    @property
+    def drafted_per_row(self) -> list[int]:
+        return [r.drafted for r in self.rows]
+
+    def to_dict(self) -> dict:
+        decode_tokens = self.generated - len(self.rows)  # tokens after each row's first
+        return {
+            "steps": self.steps, "target_forwards": self.target_forwards, "drafter_forwards": self.drafter_forwards,
+            "drafted": self.drafted, "accepted": self.accepted, "generated": self.generated,
+            "expert_loads": self.expert_loads, "expert_bytes": self.expert_bytes,
+            "prefill_expert_loads": self.prefill_expert_loads, "prefill_time": self.prefill_time,
+            "decode_time": self.decode_time, "batch_sizes": self.batch_sizes, "draft_lengths": self.draft_lengths,
+            "accepted_per_row": self.accepted_per_row, "drafted_per_row": self.drafted_per_row,
+            "generated_per_row": [r.generated for r in self.rows],
+            "decode_expert_loads_per_token": (self.expert_loads - self.prefill_expert_loads) / max(1, decode_tokens),
+            "mean_accepted_per_step": self.accepted / max(1, sum(self.batch_sizes)),
+        }
+
+
+@dataclass
+class Row:
+    """One request in the batch."""
+
+    id: int
+    strategy: Strategy
+    max_tokens: int
+    stop: frozenset
+    stats: SpecStats
+    seen: Acceptance
+    tokens: list[int] = field(default_factory=list)
+    finish_reason: Optional[str] = None  # "stop", "length", "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+
+@dataclass
+class RowOutput:
+    """What one step produced for one request."""
+
+    id: int
+    tokens: list[int]
+    from_draft: list[bool]
+    finish_reason: Optional[str] = None
+
+
+@dataclass
+class RowsBlock:
+    rows: list[Row]
+    k: int
+    drafts: mx.array  # [B, k]
+    accepted: mx.array  # [B]
+    next_token: mx.array  # [B]
+    hidden: mx.array  # [B, 1, H]: the target's hidden state at each row's last kept position
+    expert_mark: int
+
+
+def build_rows_block(target, drafter: Optional[Drafter], rows: list[Row], caches: list, tokens: mx.array,
+                     hidden: mx.array, k: int, exact: bool = False) -> RowsBlock:
+    """Queue draft k -> verify B x [token, d1..dk] -> per-row accept (mx.async_eval); read nothing."""
+    strategies = [r.strategy for r in rows]
+    with mx.stream(generation_stream):
+        if k:
+            drafts, draft_logits = propose_rows(drafter, target, caches, tokens, hidden, k, lambda lg: draft_rows(strategies, lg))
+        else:
+            drafts, draft_logits = mx.zeros((len(rows), 0), mx.int32), None
+        inputs = mx.concatenate([tokens.astype(mx.int32)[:, None], drafts], axis=1)  # [B, k + 1]
+        if exact and k:
+            outs = [target.forward(inputs[:, i : i + 1], caches) for i in range(k + 1)]
+            logits, hidden_all = (mx.concatenate([o[j] for o in outs], axis=1) for j in (0, 1))
+        else:
+            logits, hidden_all = target.forward(inputs, caches)
+        n, next_token = accept_rows(strategies, drafts, draft_logits, logits)
+        kept = hidden_all if k == 0 else mx.take_along_axis(hidden_all, n[:, None, None], axis=1)
+    mark = target.moe.pending if target.moe is not None else 0
+    block = RowsBlock(list(rows), k, drafts, n, next_token, kept, mark)
+    mx.async_eval(block.drafts, block.accepted, block.next_token, block.hidden)
+    return block
+
+
+def read_rows_block(block: RowsBlock, target) -> tuple[list[int], list[list[int]], list[int]]:
+    """The step's one host synchronisation: per row (n accepted, drafts, next token)."""
+    arrays = [block.drafts, block.accepted, block.next_token]
+    if target.moe is not None:
+        arrays += target.moe.pending_arrays(block.expert_mark)
+    mx.eval(arrays)
+    if target.moe is not None:
+        target.moe.flush(block.expert_mark)
+    return block.accepted.tolist(), block.drafts.tolist(), block.next_token.tolist()
+
+
+class BatchEngine:
+    """Continuous batching with speculation: `add` requests, call `step` until `active` is False.
+
+    Each `step` returns what it produced per request (`RowOutput`); a request's first output carries
+    the token its prefill produced. `remove` cancels a request (a client gone): its slot is freed at
+    the next step. The target's caches are the engine's own (ragged, one row per live request).
+    """
+
+    def __init__(self, target, drafter: Optional[Drafter], policy: BatchPolicy, *, exact_verify: bool = False,
+                 max_context: Optional[int] = None, prefill_step_size: int = 512, stats: Optional[BatchStats] = None,
+                 max_rollback: Optional[int] = None):
+        self.target, self.drafter = target, drafter
+        self.policy = policy
+        self.k_max = policy.k_max if drafter is not None else 0
+        self.exact = exact_verify
+        self.max_context = max_context or target.max_context
+        self.prefill_step_size = prefill_step_size
+        self.stats = stats if stats is not None else BatchStats()
+        self.slack = max_rollback if max_rollback is not None else max(1, self.k_max)
+        self.caches = target.make_ragged_cache(max_rollback=self.slack)
+        self.rows: list[Row] = []  # in the caches' batch order
+        self.tokens: Optional[mx.array] = None  # [B] each row's last token, not yet read by the target
+        self.hidden: Optional[mx.array] = None  # [B, 1, H] the hidden state that predicted it
+        self._joining: list[tuple[Row, list, mx.array, mx.array]] = []
+        self._queued: Optional[RowsBlock] = None
+        self._next_id = 0
+        self._last_read: Optional[float] = None
+        self._owed = 0.0
+        if target.moe is not None:
+            target.moe.flush()
+            target.moe.reset()
+
+    # -- requests -------------------------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return bool(self.rows or self._joining)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows) + len(self._joining)
+
+    def add(self, prompt: Iterable[int], strategy: Strategy = GREEDY, max_tokens: int = 256,
+            stop_tokens: Iterable[int] = ()) -> int:
+        """Prefill a request now (alone, batch-1 caches); it joins the batch at the next step. Returns its id."""
+        prompt = check_token_ids(prompt, self.target.vocab_size)
+        if not prompt:
+            raise MlxSpecError("a prompt is empty: give at least one token.")
+        if len(prompt) >= self.max_context:
+            raise MlxSpecError(f"a prompt has {len(prompt)} tokens, the model's context is {self.max_context}: shorten it.")
+        if max_tokens <= 0:
+            raise MlxSpecError(f"max_tokens must be at least 1 (got {max_tokens}).")
+        row = Row(self._next_id, strategy, int(max_tokens), frozenset(stop_tokens), SpecStats(), Acceptance(max(1, self.k_max)))
+        self._next_id += 1
+        row.stats.prompt_tokens = len(prompt)
+        t0 = time.perf_counter()
+        caches = self.target.make_cache(max_rollback=self.slack)
+        token, hidden = prefill(self.target, strategy, prompt, caches, self.prefill_step_size, row.stats)
+        mark = self.target.moe.pending if self.target.moe is not None else 0
+        mx.eval(token, hidden)
+        if self.target.moe is not None:
+            before = self.target.moe.loads
+            self.target.moe.flush(mark)
+            self.stats.prefill_expert_loads += self.target.moe.loads - before
+        row.stats.prefill_time = time.perf_counter() - t0
+        self.stats.prefill_time += row.stats.prefill_time
+        self.stats.target_forwards += row.stats.target_forwards
+        self.stats.rows.append(row.stats)
+        self._joining.append((row, caches, token, hidden))
+        return row.id
+
+    def remove(self, row_id: int) -> None:
+        """Cancel a request: it produces nothing more and its slot is freed at the next step."""
+        for row in self.rows:
+            if row.id == row_id and not row.finished:
+                row.finish_reason = "cancelled"
+        self._joining = [j for j in self._joining if j[0].id != row_id]
+
+    # -- one step ---------------------------------------------------------------------------------------
+    def step(self) -> list[RowOutput]:
+        """Read the queued block (or build one), emit each row's tokens, queue the next block."""
+        outputs: list[RowOutput] = []
+        if self._queued is None:
+            self._drop_finished()
+            self._merge(outputs)
+            self._queued = self._build(outputs)
+        block = self._queued
+        if block is None:
+            return outputs
+        ahead = None
+        if block.k == 0 and not self._joining and not any(r.finished for r in block.rows):
+            ahead = self._build(outputs, plain_only=True)  # nothing to roll back: queue the next plain step first
+        n, drafts, next_tokens = read_rows_block(block, self.target)
+        now = time.perf_counter()
+        interval = now - (self._last_read if self._last_read is not None else now)
+        self._last_read = now
+        self._record(block, n, drafts, interval)
+        if block.k:
+            for cache in self.caches:  # rollback: row b forgets its k - n_b rejected drafts
+                cache.trim_rows([block.k - nb for nb in n])
+        for b, row in enumerate(block.rows):
+            if row.finished:  # finished after this block was queued (cancelled, or a step queued ahead)
+                continue
+            out = drafts[b][: n[b]] + [next_tokens[b]]
+            end = next((i + 1 for i, t in enumerate(out) if t in row.stop), len(out))
+            end = min(end, row.max_tokens - len(row.tokens))
+            self._emit(row, out[:end], n[b], outputs)
+        bubble = 0.0
+        if ahead is None:
+            t0 = time.perf_counter()
+            self._drop_finished()
+            self._merge(outputs)
+            ahead = self._build(outputs)
+            bubble = time.perf_counter() - t0
+        self.policy.observe(len(block.rows), block.k, interval - self._owed + bubble)
+        self._owed = bubble
+        self._queued = ahead
+        return outputs
+
+    def _emit(self, row: Row, tokens: list[int], n: int, outputs: list[RowOutput]) -> None:
+        row.tokens += tokens
+        row.stats.generated = len(row.tokens)
+        self.stats.generated += len(tokens)
+        if tokens and tokens[-1] in row.stop:
+            row.finish_reason = "stop"
+        elif len(row.tokens) >= row.max_tokens:
+            row.finish_reason = "length"
+        outputs.append(RowOutput(row.id, tokens, [i < n for i in range(len(tokens))], row.finish_reason))
+
+    def _record(self, block: RowsBlock, n: list[int], drafts: list[list[int]], interval: float) -> None:
+        s = self.stats
+        s.steps += 1
+        s.target_forwards += 1
+        s.drafter_forwards += block.k
+        s.batch_sizes.append(len(block.rows))
+        s.draft_lengths.append(block.k)
+        s.decode_time += interval
+        for b, row in enumerate(block.rows):
+            if row.finished:
+                continue
+            row.stats.record_step(drafts[b], n[b], interval)
+            row.seen.update(block.k, n[b])
+            s.drafted += block.k
+            s.accepted += n[b]
+        self.policy.update(block.k)
+        if self.target.moe is not None:
+            s.expert_loads, s.expert_bytes = self.target.moe.loads, self.target.moe.bytes
+
+    # -- rows joining and leaving (only between a read and the next build) -------------------------
+    def _drop_finished(self) -> None:
+        keep = [b for b, row in enumerate(self.rows) if not row.finished]
+        if len(keep) == len(self.rows):
+            return
+        for cache in self.caches:
+            cache.keep_rows(keep)
+        self.rows = [self.rows[b] for b in keep]
+        if keep:
+            index = mx.array(keep, dtype=mx.int32)
+            self.tokens, self.hidden = self.tokens[index], self.hidden[index]
+        else:
+            self.tokens = self.hidden = None
+
+    def _merge(self, outputs: list[RowOutput]) -> None:
+        """Joining rows emit their first token; those not finished by it take a slot."""
+        joining, self._joining = self._joining, []
+        merged = []
+        for row, caches, token, hidden in joining:
+            self._emit(row, [int(token.item())], 0, outputs)
+            if not row.finished:
+                merged.append((row, caches, token, hidden))
+        if not merged:
+            return
+        for layer, cache in enumerate(self.caches):
+            cache.add_rows([caches[layer] for _, caches, _, _ in merged])
+        self.rows += [row for row, _, _, _ in merged]
+        tokens = [t for _, _, t, _ in merged]
+        hidden = [h for _, _, _, h in merged]
+        if self.tokens is not None:
+            tokens, hidden = [self.tokens] + tokens, [self.hidden] + hidden
+        self.tokens, self.hidden = mx.concatenate(tokens), mx.concatenate(hidden, axis=0)
+        if self._last_read is None:
+            self._last_read = time.perf_counter()
+
+    def _build(self, outputs: list[RowOutput], plain_only: bool = False) -> Optional[RowsBlock]:
+        """The next block over the live rows, drafting what the policy, token limits and context allow."""
+        room = [self.max_context - 1 - n for n in self.caches[0].lengths] if self.rows else []
+        if any(r < 0 for r in room):  # a row at the end of the context: it ends there
+            if plain_only:
+                return None
+            for row, r in zip(self.rows, room):
+                if r < 0:
+                    row.finish_reason = "length"
+                    outputs.append(RowOutput(row.id, [], [], "length"))
+            self._drop_finished()
+            room = [r for r in room if r >= 0]
+        rows = self.rows
+        if not rows:
+            return None
+        room = min(room)  # the verify writes positions length .. length + k of every row
+        wanted = max(r.max_tokens - len(r.tokens) - 1 for r in rows)  # drafts beyond this can never be emitted
+        k = 0 if self.drafter is None else max(0, min(self.policy.choose([r.seen for r in rows]), wanted, room))
+        if plain_only and k:
+            return None
+        block = build_rows_block(self.target, self.drafter, rows, self.caches, self.tokens, self.hidden, k, self.exact)
+        self.tokens, self.hidden = block.next_token, block.hidden  # a plain block's successors; replaced after a read
+        return block
+
+    def close(self) -> None:
+        """Finish every request (its caches are freed); the engine can take new ones."""
+        for row in self.rows:
+            row.finish_reason = row.finish_reason or "cancelled"
+        self._queued = None
+        self._joining = []
+        self._drop_finished()
+        if self.target.moe is not None:
+            self.target.moe.flush()
+            self.stats.expert_loads, self.stats.expert_bytes = self.target.moe.loads, self.target.moe.bytes
+
+
+def measure_batch_step_costs(target, drafter: Drafter, rows: int, k_max: int, strategy: Strategy = GREEDY,
+                             exact: bool = False, repeats: int = 5, warmup: int = 2, context: int = 64, plain_run: int = 8):
+    """`loop.measure_step_costs` for a batch: seconds of one step of `rows` rows drafting k = 0..k_max,
+    timed on the real batched step over a scratch engine whose rows hold `context` tokens each."""
+
+    rng = np.random.RandomState(0)
+    engine = BatchEngine(target, drafter, BatchPolicy(k_max, fixed=0), exact_verify=exact, max_rollback=k_max + plain_run + 1)
+    for _ in range(rows):
+        engine.add([2] + rng.randint(5, target.vocab_size, size=context - 1).tolist(), strategy, max_tokens=1 << 30)
+    engine._merge([])
+    caches, tokens, hidden = engine.caches, engine.tokens, engine.hidden
+    if target.moe is not None:
+        target.moe.flush()
+        target.moe.reset()
+    # varied tokens, so an MoE routes them to different experts as real text does
+    varied = [mx.array(rng.randint(5, target.vocab_size, size=rows), dtype=mx.int32) for _ in range(16)]
+
+    def plain():
+        block = build_rows_block(target, drafter, engine.rows, caches, tokens, hidden, 0, exact)
+        for _ in range(plain_run - 1):
+            ahead = build_rows_block(target, drafter, engine.rows, caches, block.next_token, block.hidden, 0, exact)
+            read_rows_block(block, target)
+            block = ahead
+        read_rows_block(block, target)
+        trim_all(caches, plain_run)
+
+    def spec(k, i):
+        read_rows_block(build_rows_block(target, drafter, engine.rows, caches, varied[i % len(varied)], hidden, k, exact), target)
+        trim_all(caches, k + 1)
+
+    return costs_from(target, time_steps(plain, spec, k_max, warmup, repeats, plain_run), rows)
