@@ -7,7 +7,8 @@ from typing import Optional
 
 from .core.errors import ConfigError, MlxSpecError, ModelFilesError, PairMismatchError
 from .chat import ChatSession
-from .generate import GenerationResponse, generate, stream_generate
+from .generate import BatchResponse, GenerationResponse, batch_generate, generate, stream_generate
+from .core.batch import BatchStats
 from .core.loading import SpeculativeModel, load_pair, load_tokenizer
 from .core.loop import SpecStats
 from .core.settings import DraftSettings, SamplingSettings
@@ -30,6 +31,9 @@ __all__ = [
     "load",
     "generate",
     "stream_generate",
+    "batch_generate",
+    "BatchResponse",
+    "BatchStats",
     "GenerationResponse",
     "ChatSession",
     "SpecStats",

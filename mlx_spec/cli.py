@@ -220,8 +220,10 @@ def bench(
     peers: str = typer.Option("mlx-lm,mlx-lm-spec,mlx-vlm", "--peers", help="Same-run peers (mlx-lm, mlx-lm-spec, mlx-vlm, or none); one that cannot run is reported as skipped, with the reason."),
     peer_draft_model: Optional[str] = typer.Option(None, "--peer-draft-model", help="Small mlx-lm model with the target's tokenizer: the mlx-lm-spec peer's draft model."),
     peer_draft_tokens: int = typer.Option(3, "--peer-draft-tokens", help="Draft tokens per step for the mlx-lm-spec peer (mlx-lm's default 3)."),
+    batch: Optional[str] = typer.Option(None, "--batch", help="Batch sizes, e.g. 1,2,4,8: batched plain vs batched speculative decoding, total and per-sequence tokens/s (greedy; the mlx-lm peer is then mlx-lm's batched decoding)."),
 ) -> None:
-    """Plain vs speculative decoding on the same prompts, interleaved: tokens/s, speedup, acceptance; same-run peers beside."""
+    """Plain vs speculative decoding on the same prompts, interleaved: tokens/s, speedup, acceptance; same-run peers beside.
+    With --batch: the same at each batch size, B prompts decoded together."""
     from pathlib import Path
 
     from . import load
@@ -244,10 +246,15 @@ def bench(
     if any(t < 0 for t in temps) or (any(t > 0 for t in temps) and alphas != [None]):
         raise MlxSpecError("--temp values must be >= 0, and controlled acceptance (--alpha) is greedy only.")
     peer_names = parse_peers(peers)
+    batches = _batch_sizes(batch) if batch else None
+    if batches and any(t > 0 for t in temps):
+        raise MlxSpecError("--batch runs greedy tables (every row checked token-identical to batched plain): drop --temp.")
     if peer_draft_tokens < 1:
         raise MlxSpecError("--peer-draft-tokens must be at least 1.")
     pair, tokenizer = load(model, drafter)
     prompt_set = load_prompts(Path(prompts) if prompts else default_prompts(), tokenizer, limit)
+    if batches:
+        return _batch_bench(pair, tokenizer, prompt_set, batches, configs, max_tokens, repeats, alphas, "mlx-lm" in peer_names, Path(out))
     peer_list = make_peers(peer_names, pair, tokenizer, peer_draft_model, peer_draft_tokens)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -264,6 +271,31 @@ def bench(
     for png in plot(results, out_dir):
         typer.echo(f"wrote {png}")
     typer.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
+
+
+def _batch_sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or any(not 1 <= b <= 64 for b in sizes):
+        raise MlxSpecError(f"--batch takes batch sizes from 1 to 64 like 1,2,4,8 (got {text!r}).")
+    return sizes
+
+
+def _batch_bench(pair, tokenizer, prompt_set, batches, configs, max_tokens, repeats, alphas, peer: bool, out_dir) -> None:
+    from .tools.batch_bench import BatchBench, markdown, plot
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for a in alphas:
+        results.append(BatchBench(pair, tokenizer, prompt_set, batches, configs, max_tokens, repeats, a, peer).run())
+        typer.echo(markdown(results[-1]))
+        _write_atomically(out_dir / "batch_results.json", json.dumps(results, indent=1) + "\n")
+        _write_atomically(out_dir / "batch_results.md", "\n".join(markdown(r) for r in results))
+    for png in plot(results, out_dir):
+        typer.echo(f"wrote {png}")
+    typer.echo(f"wrote {out_dir / 'batch_results.json'} and {out_dir / 'batch_results.md'}")
 
 
 def _write_atomically(path, text: str) -> None:

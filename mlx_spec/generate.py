@@ -13,9 +13,11 @@ from typing import Generator, Iterable, Optional, Sequence, Union
 
 import mlx.core as mx
 
+from .core.batch import BatchEngine, BatchStats, measure_batch_step_costs
+from .core.errors import MlxSpecError
 from .core.loading import SpeculativeModel
 from .core.loop import SpecStats, measure_step_costs, speculative_generate_step
-from .core.policy import FixedPolicy, byte_costs, make_policy
+from .core.policy import BatchPolicy, FixedPolicy, byte_costs, make_policy
 from .core.sampling import make_strategy
 from .core.settings import DraftSettings, SamplingSettings
 
@@ -181,3 +183,116 @@ def generate(model: SpeculativeModel, tokenizer, prompt, verbose: bool = False, 
               f"generation: {response.generation_tokens} tokens, {response.generation_tps:.1f} tok/s; "
               f"accepted {s.accepted}/{s.drafted}, target forwards/token {s.target_forwards / max(1, s.generated):.2f}")
     return text
+
+
+# ------------------------------------------------------------------------------------------------
+# Batches
+
+
+@dataclass
+class BatchResponse:
+    """What `batch_generate` returns: per prompt, in order, the text and token ids (prompt excluded)."""
+
+    texts: list[str]
+    tokens: list[list[int]]
+    finish_reasons: list[str]
+    stats: BatchStats
+
+
+def batch_policy_for(model: SpeculativeModel, samplings: Sequence[SamplingSettings], draft: DraftSettings, drafter) -> BatchPolicy:
+    """One k for a batch: fixed, or adaptive priced by the measured cost of a B x (k + 1) step, measured
+    once per loaded pair, settings kind and batch-size bucket (the next power of two: a step of 3 rows
+    is priced as one of 4), re-measured at the next run when observed step times drifted. Seeded
+    batches are priced by weight bytes (reproducible, as `policy_for`)."""
+    if drafter is None or draft.k_max == 0:
+        return BatchPolicy(0, fixed=0)
+    if not draft.adaptive:
+        return BatchPolicy(draft.k_max, fixed=draft.k_max)
+    greedy = all(s.greedy for s in samplings)
+    seeded = any(s.seed is not None for s in samplings)
+    chosen: dict[int, object] = {}  # this run's tables: none is re-measured in the middle of it
+
+    def costs_for(rows: int):
+        bucket = 1 << max(0, rows - 1).bit_length()
+        if bucket not in chosen:
+            if seeded:
+                chosen[bucket] = byte_costs(model.adapter, drafter, draft.k_max, bucket)
+            else:
+                key = ("batch", greedy, draft.exact_verify, draft.k_max, bucket)
+                costs = model.costs.get(key)
+                if costs is None or costs.stale:
+                    measuring = make_strategy(SamplingSettings(temp=0.0 if greedy else 1.0, seed=0))
+                    costs = model.costs[key] = measure_batch_step_costs(model.adapter, drafter, bucket, draft.k_max,
+                                                                        measuring, draft.exact_verify)
+                chosen[bucket] = costs
+        return chosen[bucket]
+
+    return BatchPolicy(draft.k_max, costs_for)
+
+
+def _per_prompt(value, n: int, what: str) -> list:
+    if isinstance(value, (list, tuple)):
+        if len(value) != n:
+            raise MlxSpecError(f"{what} has {len(value)} entries for {n} prompts: give one value or one per prompt.")
+        return list(value)
+    return [value] * n
+
+
+def batch_generate(
+    model: SpeculativeModel,
+    tokenizer,
+    prompts: Sequence[Union[str, Sequence[int]]],
+    *,
+    max_tokens: Union[int, Sequence[int]] = 256,
+    temp: float = 0.0,
+    top_p: float = 0.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    seed: Optional[int] = None,
+    draft_tokens: Union[int, str] = "auto",
+    max_draft_tokens: int = 8,
+    exact_verify: bool = False,
+    ignore_eos: bool = False,
+    max_context: Optional[int] = None,
+    sampling: Optional[Union[SamplingSettings, Sequence[SamplingSettings]]] = None,
+    draft: Optional[DraftSettings] = None,
+    drafter=None,
+    stats: Optional[BatchStats] = None,
+) -> BatchResponse:
+    """Decode several prompts together with speculation: one batched draft and one target forward over
+    B x (k + 1) tokens per step, each row accepting its own drafts. Same outputs as generating each
+    prompt alone (greedy: its greedy tokens; sampled: its distribution).
+
+    prompts: strings or token-id lists. max_tokens and `sampling` may be one value or one per prompt;
+    with `seed`, prompt i samples from seed + i. `drafter` overrides the model's own (the benchmark's
+    controlled-acceptance wrapper)."""
+    n = len(prompts)
+    if sampling is None:
+        sampling = [SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
+                                     seed=None if seed is None else seed + i) for i in range(n)]
+    samplings = _per_prompt(sampling, n, "sampling")
+    limits = _per_prompt(max_tokens, n, "max_tokens")
+    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify)
+    drafter = drafter if drafter is not None else model.draft_model
+    if draft.k_max == 0:
+        drafter = None
+    ids = [_prompt_ids(tokenizer, p) for p in prompts]
+    stop = set() if ignore_eos else set(tokenizer.eos_token_ids)
+    engine = BatchEngine(model.adapter, drafter, batch_policy_for(model, samplings, draft, drafter),
+                         exact_verify=draft.exact_verify, max_context=max_context, stats=stats)
+    if engine.policy.costs_for is not None:  # measure every batch size the run will see before it starts
+        for rows in range(1, n + 1):
+            engine.policy.costs_for(rows)
+    order = [engine.add(p, make_strategy(s), m, stop) for p, s, m in zip(ids, samplings, limits)]
+    tokens = {i: [] for i in order}
+    reasons = {}
+    try:
+        while engine.active:
+            for out in engine.step():
+                tokens[out.id] += out.tokens
+                if out.finish_reason:
+                    reasons[out.id] = out.finish_reason
+    finally:
+        engine.close()
+    outs = [[t for t in tokens[i] if t not in stop] for i in order]
+    return BatchResponse([tokenizer.decode(t) for t in outs], outs, [reasons.get(i, "length") for i in order], engine.stats)

@@ -257,6 +257,8 @@ class BatchEngine:
             end = next((i + 1 for i, t in enumerate(out) if t in row.stop), len(out))
             end = min(end, row.max_tokens - len(row.tokens))
             self._emit(row, out[:end], n[b], outputs)
+        if ahead is not None and all(r.finished for r in block.rows):
+            ahead = None  # queued for rows that have all finished: never read (the device may still run it)
         bubble = 0.0
         if ahead is None:
             t0 = time.perf_counter()
@@ -284,7 +286,7 @@ class BatchEngine:
         s.steps += 1
         s.target_forwards += 1
         s.drafter_forwards += block.k
-        s.batch_sizes.append(len(block.rows))
+        s.batch_sizes.append(sum(not r.finished for r in block.rows))
         s.draft_lengths.append(block.k)
         s.decode_time += interval
         for b, row in enumerate(block.rows):
@@ -373,7 +375,13 @@ def measure_batch_step_costs(target, drafter: Drafter, rows: int, k_max: int, st
                              exact: bool = False, repeats: int = 5, warmup: int = 2, context: int = 64, plain_run: int = 8):
     """`loop.measure_step_costs` for a batch: seconds of one step of `rows` rows drafting k = 0..k_max,
     timed on the real batched step over a scratch engine whose rows hold `context` tokens each."""
+    if target.moe is None:
+        return _measure_batch(target, drafter, rows, k_max, strategy, exact, repeats, warmup, context, plain_run)
+    with target.moe.isolated():  # may run in the middle of a run (a new batch size): leave its counts alone
+        return _measure_batch(target, drafter, rows, k_max, strategy, exact, repeats, warmup, context, plain_run)
 
+
+def _measure_batch(target, drafter, rows, k_max, strategy, exact, repeats, warmup, context, plain_run):
     rng = np.random.RandomState(0)
     engine = BatchEngine(target, drafter, BatchPolicy(k_max, fixed=0), exact_verify=exact, max_rollback=k_max + plain_run + 1)
     for _ in range(rows):

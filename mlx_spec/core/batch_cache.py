@@ -97,6 +97,9 @@ class RaggedKVCache:
         return max(0, start), end
 
     def make_mask(self, N: int, window_size: Optional[int] = None, return_array: bool = False, **kwargs) -> mx.array:
+        # The model asks for the mask before the update: make room first (it may drop old columns,
+        # moving the span); every cache of this layer type then makes the same room at its update.
+        self._make_room(N)
         start, end = self._span(N)
         columns = mx.arange(start, end)[None, None, :]  # [1, 1, S]
         positions = columns + mx.array(self.bases, dtype=mx.int32)[:, None, None]  # [B, 1, S]

@@ -154,6 +154,20 @@ class ExpertTracker:
             probe.recorded.clear()
 
     @contextmanager
+    def isolated(self):
+        """Counts taken inside (a cost measurement in the middle of a run) leave the run's own counts,
+        and the forwards it has queued but not counted yet, as they were."""
+        saved = (self._loads, self._bytes, list(self._per_forward), list(self._pending), self._counted)
+        self._pending = []
+        self.reset()
+        try:
+            yield self
+        finally:
+            for probe in self.probes:
+                probe.recorded.clear()
+            self._loads, self._bytes, self._per_forward, self._pending, self._counted = saved
+
+    @contextmanager
     def recording(self, tokens: int):
         """Around one target forward of `tokens` tokens: record its routing, then count it (lazily)."""
         for probe in self.probes:

@@ -106,14 +106,15 @@ class MoECosts:
         self.base.observe(k, seconds - self._correction(k))
 
 
-def byte_costs(target, drafter, k_max: int) -> StepCosts:
+def byte_costs(target, drafter, k_max: int, rows: int = 1) -> StepCosts:
     """A bandwidth-bound model from weight bytes (no timing, so decisions are reproducible): every
-    draft step reads the whole drafter, every verify the whole dense target, an MoE target's verify
-    the expected union of experts its k + 1 tokens route to. Units are bytes; only ratios matter."""
+    draft step reads the whole drafter (once for all rows), every verify the whole dense target, an MoE
+    target's verify the expected union of experts its rows x (k + 1) tokens route to. Units are bytes;
+    only ratios matter."""
     draft_bytes = float(parameter_bytes(drafter)) if drafter is not None else 0.0
     profile = getattr(getattr(target, "moe", None), "profile", None)
     if profile is not None:
-        verify = [profile.verify_bytes(n) for n in range(1, k_max + 2)]
+        verify = [profile.verify_bytes(rows * n) for n in range(1, k_max + 2)]
     else:
         verify = [float(parameter_bytes(target.module))] * (k_max + 1)
     return StepCosts([k * draft_bytes + verify[k] for k in range(k_max + 1)], smoothing=0.0)

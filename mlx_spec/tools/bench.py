@@ -41,23 +41,38 @@ from ..core.settings import DraftSettings, SamplingSettings
 from ..generate import decode, user_turn_tokens
 
 class ControlledDrafter:
-    """The real drafter at full cost; with probability alpha its proposal becomes the target's own token."""
+    """The real drafter at full cost; with probability alpha each proposal becomes the target's own token.
 
-    def __init__(self, drafter, sequence: list[int], alpha: float, seed: int = 0):
-        self.drafter, self.sequence, self.alpha = drafter, list(sequence), alpha
+    `sequences`: per row (one for a single generation, one per batch row in the engine's order) the
+    prompt followed by the target's own greedy continuation. The replacement is decided on the host
+    (a fixed random stream) and applied on the device, so drafts still flow into the verify without a
+    host read. Rows must not leave the batch before the end (the benchmark gives every row the same
+    token count and no stop token)."""
+
+    def __init__(self, drafter, sequences, alpha: float, seed: int = 0):
+        if sequences and isinstance(sequences[0], int):
+            sequences = [sequences]
+        self.drafter, self.alpha = drafter, alpha
+        width = max(len(s) for s in sequences)
+        self.lengths = mx.array([len(s) for s in sequences])
+        self.sequences = mx.array([list(s) + [0] * (width - len(s)) for s in sequences], dtype=mx.int32)
         self.rng = np.random.default_rng(seed)
         self.sliding_span = drafter.sliding_span
         self.position, self.step = None, 0
 
-    def __call__(self, inputs, position, shared_kv):
-        logits, hidden = self.drafter(inputs, position, shared_kv)
-        if position != self.position:
+    def __call__(self, inputs, position, shared_kv, masks=None):
+        logits, hidden = self.drafter(inputs, position, shared_kv, masks)
+        new_block = position is not self.position if isinstance(position, mx.array) else position != self.position
+        if new_block:
             self.position, self.step = position, 0
         self.step += 1
-        index = position + self.step
-        if index < len(self.sequence) and self.rng.random() < self.alpha:
-            logits = mx.full(logits.shape, -1e9, dtype=logits.dtype).at[..., self.sequence[index]].add(1e9)
-        return logits, hidden
+        rows = logits.shape[0]
+        index = mx.broadcast_to(mx.array(position) + self.step, (rows,))  # the token this draft step proposes
+        lengths, sequences = self.lengths[:rows], self.sequences[:rows]
+        wanted = mx.take_along_axis(sequences, mx.minimum(index, sequences.shape[1] - 1)[:, None], axis=1)  # [B, 1]
+        replace = mx.array(self.rng.random(rows) < self.alpha) & (index < lengths)
+        onehot = mx.where(mx.arange(logits.shape[-1])[None] == wanted, 1e9, -1e9).astype(logits.dtype)[:, None]
+        return mx.where(replace[:, None, None], onehot, logits), hidden
 
 
 @dataclass
