@@ -125,3 +125,23 @@ def test_projection_of_released_models():
     assert best_k(dense, dense_draft, 0.7) >= 4
     assert speedup(dense, dense_draft, 0.9, 4) == pytest.approx(3.36, abs=0.05)  # peers.md's bandwidth model
     assert best_k(moe, moe_draft, 0.9, expert_union=False) > best_k(moe, moe_draft, 0.9)
+
+
+def test_projection_at_batch_trades_places():
+    """At batch, the MoE's speedup grows with B (batched plain already loads most experts) and the
+    dense 31B's shrinks (its batched plain step nears the compute roof)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import projections
+
+    data = projections.build()["models"]
+
+    def best(model, batch, alpha=0.8):
+        return data[model]["batch"][batch]["alphas"][alpha]["roofline"]["speedup"]
+
+    assert best("gemma-4-26B-A4B-it 4bit", 8) > best("gemma-4-26B-A4B-it 4bit", 1) + 0.2
+    assert best("gemma-4-31B-it 4bit", 8) < best("gemma-4-31B-it 4bit", 1) - 1.0
+    plain = [data["gemma-4-26B-A4B-it 4bit"]["batch"][b]["plain_tokens_per_s"] for b in (1, 2, 4, 8)]
+    assert plain == sorted(plain) and plain[-1] < 8 * plain[0]  # more rows, more experts loaded per step

@@ -19,6 +19,9 @@ from ..core.policy import expected_tokens
 BYTES_PER_PARAM = {"bf16": 2.0, "8bit": 1.0625, "4bit": 0.5625}  # MLX affine, group 64: +0.5 bit of scale/bias
 
 CHIPS_GBPS = {"M2 Max": 400, "M3 Max": 400, "M4 Max": 546, "M3 Ultra": 819}
+# GPU peak (TFLOPS, fp16/fp32 shader rate, top GPU configuration): an assumption for the compute roof
+# of batched steps, where B x (k + 1) tokens per weight pass stop being free.
+CHIPS_TFLOPS = {"M2 Max": 13.6, "M3 Max": 14.2, "M4 Max": 18.4, "M3 Ultra": 28.4}
 
 
 @dataclass
@@ -105,3 +108,32 @@ def speedup(prof: MoEProfile, draft_bytes: float, alpha: float, k: int, expert_u
 
 def best_k(prof: MoEProfile, draft_bytes: float, alpha: float, k_max: int = 8, expert_union: bool = True) -> int:
     return max(range(k_max + 1), key=lambda k: (speedup(prof, draft_bytes, alpha, k, expert_union), -k))
+
+
+# ----------------------------------------------------------------------------------------------
+# At batch B: a step reads the weights once for all rows; its time is the larger of bytes over
+# bandwidth and FLOPs over peak compute (a roofline; attention and KV ignored).
+
+
+def active_params(p: ParamCounts) -> float:
+    """Parameters one token multiplies by: dense part, head, and its top-k experts per MoE layer."""
+    return p.dense + p.head + p.moe_layers * p.top_k * p.expert
+
+
+def step_seconds(prof: MoEProfile, tokens: int, target_flops: float, draft_bytes: float, draft_flops: float,
+                 k: int, rows: int, gbps: float, tflops: float) -> float:
+    """One batched step: k drafter steps over `rows` rows, then a verify of `tokens` = rows x (k + 1)."""
+    verify = max(verify_bytes(prof, tokens, True) / (gbps * 1e9), tokens * target_flops / (tflops * 1e12))
+    draft = k * max(draft_bytes / (gbps * 1e9), rows * draft_flops / (tflops * 1e12))
+    return verify + draft
+
+
+def batch_tokens_per_s(prof: MoEProfile, target_flops: float, draft_bytes: float, draft_flops: float, alpha: float,
+                       k: int, rows: int, gbps: float, tflops: float = float("inf")) -> float:
+    """Total tokens/s of `rows` rows drafting k at per-position acceptance alpha (k = 0: batched plain)."""
+    seconds = step_seconds(prof, rows * (k + 1), target_flops, draft_bytes, draft_flops, k, rows, gbps, tflops)
+    return rows * expected_tokens([alpha] * k, k) / seconds
+
+
+def best_batch_k(prof, target_flops, draft_bytes, draft_flops, alpha, rows, gbps, tflops, k_max: int = 8) -> int:
+    return max(range(k_max + 1), key=lambda k: (batch_tokens_per_s(prof, target_flops, draft_bytes, draft_flops, alpha, k, rows, gbps, tflops), -k))
