@@ -202,8 +202,9 @@ class BatchResponse:
 def batch_policy_for(model: SpeculativeModel, samplings: Sequence[SamplingSettings], draft: DraftSettings, drafter) -> BatchPolicy:
     """One k for a batch: fixed, or adaptive priced by the measured cost of a B x (k + 1) step, measured
     once per loaded pair, settings kind and batch-size bucket (the next power of two: a step of 3 rows
-    is priced as one of 4), re-measured at the next run when observed step times drifted. Seeded
-    batches are priced by weight bytes (reproducible, as `policy_for`)."""
+    is priced as one of 4), re-measured at the next run when observed step times drifted; new rows start
+    from the acceptance earlier rows of that kind showed. Seeded batches are priced by weight bytes from
+    a fresh start (reproducible, as `policy_for`)."""
     if drafter is None or draft.k_max == 0:
         return BatchPolicy(0, fixed=0)
     if not draft.adaptive:
@@ -227,7 +228,13 @@ def batch_policy_for(model: SpeculativeModel, samplings: Sequence[SamplingSettin
                 chosen[bucket] = costs
         return chosen[bucket]
 
-    return BatchPolicy(draft.k_max, costs_for)
+    policy = BatchPolicy(draft.k_max, costs_for)
+    if not seeded:  # rows start from the acceptance the last batch of this kind showed
+        key = ("batch", greedy, draft.exact_verify, draft.k_max)
+        if key in model.policies:
+            policy.remember(model.policies[key])
+        model.policies[key] = policy
+    return policy
 
 
 def _per_prompt(value, n: int, what: str) -> list:

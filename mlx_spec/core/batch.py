@@ -87,7 +87,7 @@ class Row:
     max_tokens: int
     stop: frozenset
     stats: SpecStats
-    seen: Acceptance
+    seen: Acceptance  # this row's acceptance by draft position
     tokens: list[int] = field(default_factory=list)
     finish_reason: Optional[str] = None  # "stop", "length", "cancelled"
 
@@ -202,18 +202,20 @@ class BatchEngine:
             raise MlxSpecError(f"a prompt has {len(prompt)} tokens, the model's context is {self.max_context}: shorten it.")
         if max_tokens <= 0:
             raise MlxSpecError(f"max_tokens must be at least 1 (got {max_tokens}).")
-        row = Row(self._next_id, strategy, int(max_tokens), frozenset(stop_tokens), SpecStats(), Acceptance(max(1, self.k_max)))
+        row = Row(self._next_id, strategy, int(max_tokens), frozenset(stop_tokens), SpecStats(), self.policy.new_row())
         self._next_id += 1
         row.stats.prompt_tokens = len(prompt)
         t0 = time.perf_counter()
+        moe = self.target.moe
+        if moe is not None:
+            moe.flush()  # count the queued steps' forwards first: only the prefill's go to prefill_expert_loads
+            before = moe.loads
         caches = self.target.make_cache(max_rollback=self.slack)
         token, hidden = prefill(self.target, strategy, prompt, caches, self.prefill_step_size, row.stats)
-        mark = self.target.moe.pending if self.target.moe is not None else 0
         mx.eval(token, hidden)
-        if self.target.moe is not None:
-            before = self.target.moe.loads
-            self.target.moe.flush(mark)
-            self.stats.prefill_expert_loads += self.target.moe.loads - before
+        if moe is not None:
+            moe.flush()
+            self.stats.prefill_expert_loads += moe.loads - before
         row.stats.prefill_time = time.perf_counter() - t0
         self.stats.prefill_time += row.stats.prefill_time
         self.stats.target_forwards += row.stats.target_forwards
@@ -289,14 +291,14 @@ class BatchEngine:
         s.batch_sizes.append(sum(not r.finished for r in block.rows))
         s.draft_lengths.append(block.k)
         s.decode_time += interval
-        for b, row in enumerate(block.rows):
-            if row.finished:
-                continue
+        live = [b for b, row in enumerate(block.rows) if not row.finished]
+        for b in live:
+            row = block.rows[b]
             row.stats.record_step(drafts[b], n[b], interval)
             row.seen.update(block.k, n[b])
             s.drafted += block.k
             s.accepted += n[b]
-        self.policy.update(block.k)
+        self.policy.update(block.k, [n[b] for b in live])
         if self.target.moe is not None:
             s.expert_loads, s.expert_bytes = self.target.moe.loads, self.target.moe.bytes
 

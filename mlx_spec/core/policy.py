@@ -256,6 +256,22 @@ class BatchPolicy:
     probe_every: int = 16
     _since_draft: int = 0
     history: list[int] = field(default_factory=list)
+    memory: Acceptance = None  # every row's outcomes pooled: a new row starts from it (at half weight)
+
+    def __post_init__(self):
+        self.memory = Acceptance(max(1, self.k_max))
+
+    def new_row(self) -> Acceptance:
+        """The acceptance tracker of a row joining the batch: the same pair on the same kind of text
+        accepts alike, so it starts from what earlier rows showed rather than from the prior."""
+        seen = Acceptance(max(1, self.k_max))
+        seen.remember(self.memory)
+        return seen
+
+    def remember(self, previous: "BatchPolicy") -> "BatchPolicy":
+        """Carry an earlier run's pooled acceptance over (same pair and settings kind)."""
+        self.memory.remember(previous.memory, weight=1.0)
+        return self
 
     def rate(self, rows: list[Acceptance], k: int) -> float:
         """Expected tokens per second of the whole batch when drafting k."""
@@ -270,8 +286,11 @@ class BatchPolicy:
         self.history.append(k)
         return k
 
-    def update(self, k: int) -> None:
+    def update(self, k: int, accepted: list[int] = ()) -> None:
+        """A step drafting k; `accepted`: each row's accepted count (pooled into `memory`)."""
         self._since_draft = 0 if k > 0 else self._since_draft + 1
+        for n in accepted:
+            self.memory.update(k, n)
 
     def observe(self, batch: int, k: int, seconds: float) -> None:
         """What a step of `batch` rows drafting k cost (including the pipeline bubble it caused)."""
