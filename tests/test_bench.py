@@ -66,3 +66,24 @@ def test_sampled_bench_reports_temperature_and_no_token_identity(tiny, tmp_path)
     bad = CliRunner().invoke(app, ["bench", "-m", str(tiny / "dense" / "target"), "-d", str(tiny / "dense" / "drafter"),
                                    "--temp", "0.7", "--alpha", "0.5", "--out", str(tmp_path)])
     assert bad.exit_code != 0
+
+
+def test_batch_bench_end_to_end(tiny, tmp_path):
+    """--batch: batched plain, batched speculative and mlx-lm's batched decoding at each B, every row
+    checked against batched plain; expert loads per token on an MoE; bad batch sizes are one error."""
+    result = CliRunner().invoke(app, [
+        "bench", "-m", str(tiny / "moe" / "target"), "-d", str(tiny / "moe" / "drafter"), "--batch", "1,2",
+        "--alpha", "0.8", "--limit", "2", "--max-tokens", "12", "--repeats", "1", "--draft-tokens", "2",
+        "--peers", "mlx-lm", "--out", str(tmp_path),
+    ])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "batch_results.json").read_text())[0]
+    rows = {(r["batch"], r["config"]): r for r in data["rows"]}
+    assert set(rows) == {(b, c) for b in (1, 2) for c in ("plain", "k=2", "mlx-lm batch (peer)")}
+    assert all(rows[(b, c)]["lossless"] for b in (1, 2) for c in ("k=2", "mlx-lm batch (peer)"))
+    assert rows[(2, "k=2")]["mean_accepted_length"] > 1.3  # controlled acceptance 0.8 with a random drafter
+    assert rows[(2, "plain")]["expert_loads_per_token"] > 0 and rows[(2, "plain")]["vs_plain_batch1"] > 0
+    assert len([r for r in data["runs"] if r["batch"] == 2 and r["config"] == "k=2"]) == 1
+    assert (tmp_path / "batch_results.md").exists()
+    bad = CliRunner().invoke(app, ["bench", "-m", str(tiny / "moe" / "target"), "--batch", "0,x", "--out", str(tmp_path)])
+    assert bad.exit_code != 0 and "--batch takes batch sizes" in bad.output

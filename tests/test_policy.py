@@ -146,3 +146,13 @@ def test_seeded_auto_runs_are_reproducible(tiny):
     assert run(1) == first
     assert run(2)[0] != first[0]
     assert any(first[1])  # it did speculate
+
+
+def test_batched_cost_tables_are_made_monotone():
+    """A noisy table (a longer draft measured cheaper) is pooled, not followed; k = 0 stays as measured."""
+    from mlx_spec.core.loop import smooth
+
+    assert smooth([0.1, 0.2, 0.3, 0.4]) == [0.1, 0.2, 0.3, 0.4]
+    out = smooth([0.178, 0.2, 0.28, 0.333, 0.45, 0.455, 0.531, 0.479, 0.644])
+    assert out[0] == 0.178 and all(a <= b for a, b in zip(out[1:], out[2:]))
+    assert out[6] == out[7] == pytest.approx((0.531 + 0.479) / 2) and out[8] == 0.644

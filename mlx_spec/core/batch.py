@@ -374,7 +374,7 @@ class BatchEngine:
 
 
 def measure_batch_step_costs(target, drafter: Drafter, rows: int, k_max: int, strategy: Strategy = GREEDY,
-                             exact: bool = False, repeats: int = 5, warmup: int = 2, context: int = 64, plain_run: int = 8):
+                             exact: bool = False, repeats: int = 7, warmup: int = 2, context: int = 64, plain_run: int = 8):
     """`loop.measure_step_costs` for a batch: seconds of one step of `rows` rows drafting k = 0..k_max,
     timed on the real batched step over a scratch engine whose rows hold `context` tokens each."""
     if target.moe is None:

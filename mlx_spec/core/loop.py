@@ -367,15 +367,18 @@ def time_steps(plain, spec, k_max: int, warmup: int, repeats: int, plain_run: in
 
 
 def smooth(seconds: list[float]) -> list[float]:
-    """A batched table's speculative entries (k >= 1) fitted by a quadratic in k and made non-decreasing:
-    a batched step costs tens of milliseconds more per drafted token, and a noisy median (a k = 7 step
-    measured cheaper than k = 6) would otherwise steer the policy. Plain (k = 0) stays as measured."""
-    ks = np.arange(1, len(seconds))
-    if len(ks) < 4:
-        return list(seconds)
-    fitted = np.polyval(np.polyfit(ks, seconds[1:], 2), ks)
-    fitted = np.maximum.accumulate(np.maximum(fitted, min(seconds[1:])))
-    return [seconds[0]] + fitted.tolist()
+    """A batched table's speculative entries (k >= 1) made non-decreasing in k by isotonic regression
+    (adjacent violators pooled to their mean): a step drafting more cannot cost less, and a noisy median
+    (a k = 7 step measured cheaper than k = 6) would otherwise send the policy to the longer draft.
+    Plain (k = 0) stays as measured."""
+    blocks: list[list[float]] = []  # [sum, count] of pooled runs
+    for x in seconds[1:]:
+        blocks.append([x, 1])
+        while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+            total, count = blocks.pop()
+            blocks[-1][0] += total
+            blocks[-1][1] += count
+    return [seconds[0]] + [total / count for total, count in blocks for _ in range(int(count))]
 
 
 def costs_from(target, seconds: list[float], rows: int = 1):
