@@ -148,6 +148,34 @@ def _stats_line(response) -> str:
 
 
 @app.command()
+def serve(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id (default: the released assistant)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (localhost by default; 0.0.0.0 exposes it to the network)."),
+    port: int = typer.Option(8080, "--port"),
+    max_batch: int = typer.Option(8, "--max-batch", help="Most requests decoded together; more wait for a free row."),
+    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N, 0 to 32 (0: plain batched decoding)."),
+    exact_verify: bool = typer.Option(False, "--exact-verify", help="Greedy output bit-identical to batched plain decoding."),
+) -> None:
+    """OpenAI-compatible server (POST /v1/chat/completions, /v1/completions; GET /v1/models, /health) with
+    continuous batching and speculation on. Sampling fields a request leaves out come from the model's
+    generation_config.json (Gemma 4: temperature 1.0, top_p 0.95, top_k 64), else greedy. Needs the
+    `server` extra (starlette, uvicorn)."""
+    from . import load
+    from .server import serve as run_server
+
+    if not 1 <= max_batch <= 64:
+        raise MlxSpecError(f"--max-batch must be from 1 to 64 (got {max_batch}).")
+    if not 0 < port < 65536:
+        raise MlxSpecError(f"--port must be from 1 to 65535 (got {port}).")
+    draft = _draft_settings(draft_tokens, exact_verify=exact_verify)
+    pair, tokenizer = load(model, drafter)
+    typer.echo(f"mlx-spec serve: {pair.target.name} + {pair.drafter.name if pair.drafter else 'no drafter'} on http://{host}:{port} "
+               f"(max batch {max_batch}; measuring step costs first)")
+    run_server(pair, tokenizer, host, port, draft, max_batch)
+
+
+@app.command()
 def chat(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id; default: the released assistant of a Gemma 4 hub id, or the drafter beside a demo model."),
