@@ -90,7 +90,7 @@ def test_multi_turn_reuses_the_cache_and_ctrl_d_exits(tiny):
 
 
 def test_ctrl_c_stops_a_reply_and_keeps_the_session(tiny):
-    term = Terminal(chat_argv(tiny, "--max-tokens", "3000"))
+    term = Terminal(chat_argv(tiny, "--max-tokens", "20000"))  # long enough to be still running under any load
     term.read_until(r">> ")
     term.send("Write a long story\n")
     term.read_until(r"story\r?\n")  # the echo
@@ -101,7 +101,7 @@ def test_ctrl_c_stops_a_reply_and_keeps_the_session(tiny):
     term.read_until(r">> ")
     term.send("/stats\n")
     _, cached = prefilled(term.read_until(r">> "))
-    assert 0 < cached < 3000
+    assert 0 < cached < 20000
     term.send("/reset\n")
     term.read_until(r"conversation reset\]")
     term.send("\x04")
