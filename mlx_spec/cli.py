@@ -292,13 +292,8 @@ def bench(
             # Peers decode greedily: they run beside every greedy table, so each compares within one run.
             run_peers = peer_list if t == 0 else []
             results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a, temp=t, peers=run_peers).run())
-            typer.echo(markdown(results[-1]))
-            # after every table, so a run stopped part-way (a time limit) keeps what it measured
-            _write_atomically(out_dir / "results.json", json.dumps(results, indent=1) + "\n")
-            _write_atomically(out_dir / "results.md", "\n".join(markdown(r) for r in results))
-    for png in plot(results, out_dir):
-        typer.echo(f"wrote {png}")
-    typer.echo(f"wrote {out_dir / 'results.json'} and {out_dir / 'results.md'}")
+            _write_results(out_dir, "results", results, markdown)
+    _finish_results(out_dir, "results", results, plot)
 
 
 def _batch_sizes(text: str) -> list[int]:
@@ -318,12 +313,22 @@ def _batch_bench(pair, tokenizer, prompt_set, batches, configs, max_tokens, repe
     results = []
     for a in alphas:
         results.append(BatchBench(pair, tokenizer, prompt_set, batches, configs, max_tokens, repeats, a, peer).run())
-        typer.echo(markdown(results[-1]))
-        _write_atomically(out_dir / "batch_results.json", json.dumps(results, indent=1) + "\n")
-        _write_atomically(out_dir / "batch_results.md", "\n".join(markdown(r) for r in results))
+        _write_results(out_dir, "batch_results", results, markdown)
+    _finish_results(out_dir, "batch_results", results, plot)
+
+
+def _write_results(out_dir, stem: str, results: list, markdown) -> None:
+    """Show the newest table and write all of them, after every table: a run stopped part-way (a time
+    limit) keeps what it measured."""
+    typer.echo(markdown(results[-1]))
+    _write_atomically(out_dir / f"{stem}.json", json.dumps(results, indent=1) + "\n")
+    _write_atomically(out_dir / f"{stem}.md", "\n".join(markdown(r) for r in results))
+
+
+def _finish_results(out_dir, stem: str, results: list, plot) -> None:
     for png in plot(results, out_dir):
         typer.echo(f"wrote {png}")
-    typer.echo(f"wrote {out_dir / 'batch_results.json'} and {out_dir / 'batch_results.md'}")
+    typer.echo(f"wrote {out_dir / (stem + '.json')} and {out_dir / (stem + '.md')}")
 
 
 def _write_atomically(path, text: str) -> None:

@@ -26,7 +26,7 @@ from ..core.errors import MlxSpecError
 from ..core.loading import SpeculativeModel
 from ..core.settings import DraftSettings
 from ..generate import batch_generate
-from .bench import PLAIN, ControlledDrafter, config_label, regime
+from .bench import PLAIN, ControlledDrafter, config_label, progress_bar, regime
 from .stats import mean_ci
 
 
@@ -96,12 +96,7 @@ class BatchBench:
     def run(self, progress: bool = True) -> dict:
         if self.model.drafter is None:
             raise MlxSpecError("bench compares plain and speculative decoding: give a drafter.")
-        total = len(self.batches) * self.repeats * (1 + len(self.configs) + int(self.peer))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc="batch bench", unit="run")
+        bar = progress_bar(len(self.batches) * self.repeats * (1 + len(self.configs) + int(self.peer)), "batch bench", progress)
         for batch in self.batches:
             rows = self.rows_for(batch)
             plain = self._once(rows, PLAIN)[0]  # warm-up: compilation, allocation, the policy's cost tables

@@ -75,6 +75,15 @@ class ControlledDrafter:
         return mx.where(replace[:, None, None], onehot, logits), hidden
 
 
+def progress_bar(total: int, desc: str, show: bool = True):
+    """A tqdm bar over benchmark runs (None when not shown)."""
+    if not show:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="run")
+
+
 @dataclass
 class Run:
     config: str
@@ -165,12 +174,7 @@ class Bench:
     def run(self, progress: bool = True) -> dict:
         if self.model.drafter is None:
             raise MlxSpecError("bench compares plain and speculative decoding: give a drafter.")
-        total = len(self.prompts) * self.repeats * (1 + len(self.configs) + len(self.peers))
-        bar = None
-        if progress:
-            from tqdm import tqdm
-
-            bar = tqdm(total=total, desc="bench", unit="run")
+        bar = progress_bar(len(self.prompts) * self.repeats * (1 + len(self.configs) + len(self.peers)), "bench", progress)
         warm = self.prompts[0]["ids"]
         for draft in [PLAIN, *self.configs]:  # compilation, allocation, the adaptive policy's cost table
             self._once(warm, draft)
