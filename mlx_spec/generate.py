@@ -287,9 +287,7 @@ def batch_generate(
     stop = set() if ignore_eos else set(tokenizer.eos_token_ids)
     engine = BatchEngine(model.adapter, drafter, batch_policy_for(model, samplings, draft, drafter),
                          exact_verify=draft.exact_verify, max_context=max_context, stats=stats)
-    if engine.policy.costs_for is not None:  # measure every batch size the run will see before it starts
-        for rows in range(1, n + 1):
-            engine.policy.costs_for(rows)
+    engine.policy.prepare(n)  # every batch size the run will see, measured before it starts
     order = [engine.add(p, make_strategy(s), m, stop) for p, s, m in zip(ids, samplings, limits)]
     tokens = {i: [] for i in order}
     reasons = {}

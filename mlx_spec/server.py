@@ -190,9 +190,7 @@ class Worker:
         drafter = model.draft_model if draft.k_max else None
         # one cost table per batch-size bucket, measured at start (greedy steps price the sampled ones too)
         policy = batch_policy_for(model, [SamplingSettings()], draft, drafter)
-        if policy.costs_for is not None:
-            for rows in range(1, max_batch + 1):
-                policy.costs_for(rows)
+        policy.prepare(max_batch)
         self.engine = BatchEngine(model.adapter, drafter, policy, exact_verify=draft.exact_verify)
         # A few steps here, in the loading thread: arrays the model built lazily at load (RoPE tables,
         # scales) belong to this thread's MLX stream and must be evaluated before another thread uses them.

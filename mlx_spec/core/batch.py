@@ -31,7 +31,7 @@ from mlx_lm.generate import generation_stream
 from .cache import trim_all
 from .draft import Drafter, propose_rows
 from .errors import MlxSpecError
-from .loop import SpecStats, check_token_ids, costs_from, prefill, time_steps
+from .loop import SpecStats, check_token_ids, costs_from, emitted, prefill, synchronize, time_steps
 from .policy import Acceptance, BatchPolicy
 from .sampling import GREEDY, Strategy, accept_rows, draft_rows
 
@@ -142,12 +142,7 @@ def build_rows_block(target, drafter: Optional[Drafter], rows: list[Row], caches
 
 def read_rows_block(block: RowsBlock, target) -> tuple[list[int], list[list[int]], list[int]]:
     """The step's one host synchronisation: per row (n accepted, drafts, next token)."""
-    arrays = [block.drafts, block.accepted, block.next_token]
-    if target.moe is not None:
-        arrays += target.moe.pending_arrays(block.expert_mark)
-    mx.eval(arrays)
-    if target.moe is not None:
-        target.moe.flush(block.expert_mark)
+    synchronize(block, target)
     return block.accepted.tolist(), block.drafts.tolist(), block.next_token.tolist()
 
 
@@ -256,8 +251,7 @@ class BatchEngine:
             if row.finished:  # finished after this block was queued (cancelled, or a step queued ahead)
                 continue
             out = drafts[b][: n[b]] + [next_tokens[b]]
-            end = next((i + 1 for i, t in enumerate(out) if t in row.stop), len(out))
-            end = min(end, row.max_tokens - len(row.tokens))
+            end = emitted(out, row.stop, row.max_tokens - len(row.tokens))
             self._emit(row, out[:end], n[b], outputs)
         if ahead is not None and all(r.finished for r in block.rows):
             ahead = None  # queued for rows that have all finished: never read (the device may still run it)
@@ -288,10 +282,10 @@ class BatchEngine:
         s.steps += 1
         s.target_forwards += 1
         s.drafter_forwards += block.k
-        s.batch_sizes.append(sum(not r.finished for r in block.rows))
+        live = [b for b, row in enumerate(block.rows) if not row.finished]
+        s.batch_sizes.append(len(live))
         s.draft_lengths.append(block.k)
         s.decode_time += interval
-        live = [b for b, row in enumerate(block.rows) if not row.finished]
         for b in live:
             row = block.rows[b]
             row.stats.record_step(drafts[b], n[b], interval)

@@ -155,15 +155,27 @@ def build_block(target, drafter: Optional[Drafter], strategy: Strategy, cache: l
     return block
 
 
-def read_block(block: Block, target) -> tuple[int, list[int], int]:
-    """The step's one host synchronisation: (n accepted, drafts, next token)."""
+def synchronize(block, target) -> None:
+    """A block's one host synchronisation: its drafts, acceptance and next token(s), with the MoE
+    expert counts of the forwards built up to it evaluated in the same eval, then counted."""
     arrays = [block.drafts, block.accepted, block.next_token]
     if target.moe is not None:
         arrays += target.moe.pending_arrays(block.expert_mark)
     mx.eval(arrays)
     if target.moe is not None:
         target.moe.flush(block.expert_mark)  # already evaluated: no further wait
+
+
+def read_block(block: Block, target) -> tuple[int, list[int], int]:
+    """The step's one host synchronisation: (n accepted, drafts, next token)."""
+    synchronize(block, target)
     return int(block.accepted.item()), block.drafts.tolist(), int(block.next_token.item())
+
+
+def emitted(out: list[int], stop, room: int) -> int:
+    """How many of a step's tokens `out` to yield: through the first stop token, at most `room`."""
+    end = next((i + 1 for i, t in enumerate(out) if t in stop), len(out))
+    return min(end, room)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,8 +308,7 @@ def _decode(prompt, target, drafter, policy, strategy, exact, max_tokens, stop, 
             stats.record_experts(target.moe)
 
         out = drafts[:n] + [next_token]
-        end = next((i + 1 for i, t in enumerate(out) if t in stop), len(out))
-        end = min(end, max_tokens - generated)
+        end = emitted(out, stop, max_tokens - generated)
         finished = generated + end >= max_tokens or out[end - 1] in stop
         bubble = 0.0
         if not finished and ahead is None:  # the device idles while the next graph is built: a cost of this step

@@ -273,6 +273,12 @@ class BatchPolicy:
         self.memory.remember(previous.memory, weight=1.0)
         return self
 
+    def prepare(self, rows: int) -> None:
+        """Measure the cost tables of every batch size up to `rows` now, before a run, not inside it."""
+        if self.costs_for is not None:
+            for batch in range(1, rows + 1):
+                self.costs_for(batch)
+
     def rate(self, rows: list[Acceptance], k: int) -> float:
         """Expected tokens per second of the whole batch when drafting k."""
         return sum(a.expected_tokens(k) for a in rows) / self.costs_for(len(rows)).step(k)
