@@ -14,7 +14,7 @@ from typing import Generator, Optional, Union
 
 from .core.loading import SpeculativeModel
 from .core.loop import SpecStats
-from .core.settings import DraftSettings, SamplingSettings
+from .core.settings import NO_PROCESSORS, DraftSettings, ProcessorSettings, SamplingSettings
 from .generate import GenerationResponse, decode, responses, user_turn_tokens
 
 
@@ -33,11 +33,13 @@ class ChatSession:
         ignore_eos: bool = False,
         sampling: Optional[SamplingSettings] = None,
         draft: Optional[DraftSettings] = None,
+        processors: ProcessorSettings = NO_PROCESSORS,
     ):
         self.model, self.tokenizer = model, tokenizer
         self.max_tokens, self.ignore_eos = max_tokens, ignore_eos
         self.sampling = sampling or SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
         self.draft = draft or DraftSettings(draft_tokens)
+        self.processors = processors  # penalties read the turn's own tokens (as mlx-lm's generate does per call)
         self.last_stats: Optional[SpecStats] = None
         self.turns = 0
         self.reset()
@@ -72,7 +74,7 @@ class ChatSession:
         if sampling.seed is not None:
             sampling = replace(sampling, seed=sampling.seed + self.turns)
         steps = decode(self.model, new, sampling, self.draft, max_tokens=self.max_tokens, stop=stop,
-                       stats=stats, cache=self.cache)
+                       stats=stats, cache=self.cache, processors=self.processors)
         self.turns += 1
         replied: list[int] = []
         try:

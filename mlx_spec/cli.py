@@ -78,6 +78,31 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
+def _sampling_settings(path, temp, top_p, top_k, min_p, seed):
+    """Options given win; the rest from the model's generation_config.json (path None: checks the
+    given values before anything loads)."""
+    from .core.loading import generation_defaults
+    from .core.settings import SamplingSettings
+
+    return SamplingSettings.resolve(generation_defaults(path) if path is not None else {}, temp, top_p, top_k, min_p, seed)
+
+
+def _processor_settings(logit_bias, repetition_penalty, repetition_context_size, presence_penalty, frequency_penalty):
+    from .core.settings import ProcessorSettings
+
+    bias = {}
+    for item in (logit_bias or "").replace(" ", "").split(","):
+        if not item:
+            continue
+        try:
+            token, value = item.split("=")
+            bias[int(token)] = float(value)
+        except ValueError:
+            raise MlxSpecError(f"--logit-bias takes token id biases like 17=-100,42=2.5 (got {item!r}).") from None
+    return ProcessorSettings(logit_bias=bias, repetition_penalty=repetition_penalty, repetition_context_size=repetition_context_size,
+                             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty)
+
+
 def _draft_settings(text: str, no_draft: bool = False, exact_verify: bool = False):
     from .core.settings import DraftSettings
 
@@ -94,11 +119,16 @@ def generate(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print tokens/s, acceptance and target forwards per token."),
     prompt_ids: Optional[str] = typer.Option(None, "--prompt-ids", help="Comma-separated token ids instead of text."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most tokens to generate."),
-    temp: float = typer.Option(0.0, "--temp", help="Sampling temperature (0: greedy)."),
-    top_p: float = typer.Option(0.0, "--top-p", help="Nucleus sampling threshold (0 or 1: off)."),
-    top_k: int = typer.Option(0, "--top-k", help="Sample from the k most likely tokens (0: off)."),
-    min_p: float = typer.Option(0.0, "--min-p", help="Drop tokens below min-p times the top probability (0: off)."),
+    temp: Optional[float] = typer.Option(None, "--temp", help="Sampling temperature (0: greedy). Default: the model's generation_config.json (Gemma 4: 1.0), else 0."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold (0 or 1: off). Default: generation_config.json (Gemma 4: 0.95), else off."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens (0: off). Default: generation_config.json (Gemma 4: 64), else off."),
+    min_p: Optional[float] = typer.Option(None, "--min-p", help="Drop tokens below min-p times the top probability (0: off). Default: generation_config.json, else off."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same output."),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="mlx-lm's repetition penalty (> 0, 1: none) over the last --repetition-context-size tokens, applied at every drafted position."),
+    repetition_context_size: int = typer.Option(20, "--repetition-context-size", help="Tokens the repetition penalty looks back over."),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtracted once from the logit of each token among the last 20."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Subtracted from a token's logit per occurrence among the last 20."),
+    logit_bias: Optional[str] = typer.Option(None, "--logit-bias", help="Token id biases, like 17=-100,42=2.5 (added to those logits)."),
     draft_tokens: str = typer.Option("auto", "--draft-tokens", help="Drafts per step: auto (adaptive, may choose none) or N, 0 to 32 (0: plain decoding)."),
     exact_verify: bool = typer.Option(False, "--exact-verify", help="Verify drafts with plain decoding's own 1-row forwards: greedy output bit-identical to plain decoding on any backend, at plain decoding's cost or more."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at end-of-sequence tokens."),
@@ -106,7 +136,6 @@ def generate(
 ) -> None:
     """Generate with speculative decoding; the output is exactly what the target alone would give."""
     from . import load
-    from .core.settings import SamplingSettings
     from .generate import stream_generate, user_turn_tokens
 
     if (prompt is None) == (prompt_ids is None):
@@ -114,14 +143,18 @@ def generate(
     if max_tokens < 1:
         raise MlxSpecError(f"--max-tokens must be at least 1 (got {max_tokens}).")
     draft = _draft_settings(draft_tokens, no_draft, exact_verify)
-    sampling = SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)  # validated before loading
+    _sampling_settings(None, temp, top_p, top_k, min_p, seed)  # the values given, checked before loading
+    processors = _processor_settings(logit_bias, repetition_penalty, repetition_context_size, presence_penalty, frequency_penalty)
     ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
     pair, tokenizer = load(model, drafter)
+    sampling = _sampling_settings(pair.target.path, temp, top_p, top_k, min_p, seed)
+    if verbose:
+        typer.echo(f"[sampling: {sampling.describe()}]", err=True)
     if ids is None:
         ids = user_turn_tokens(tokenizer, prompt, chat_template)
     tokens, text, response = [], "", None
     for response in stream_generate(pair, tokenizer, ids, max_tokens=max_tokens, sampling=sampling, draft=draft,
-                                    ignore_eos=ignore_eos):
+                                    processors=processors, ignore_eos=ignore_eos):
         tokens.append(response.token)
         text += response.text
         if not as_json:
@@ -180,11 +213,16 @@ def chat(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id; default: the released assistant of a Gemma 4 hub id, or the drafter beside a demo model."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Most tokens per reply."),
-    temp: float = typer.Option(0.0, "--temp"),
-    top_p: float = typer.Option(0.0, "--top-p"),
-    top_k: int = typer.Option(0, "--top-k"),
-    min_p: float = typer.Option(0.0, "--min-p"),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    temp: Optional[float] = typer.Option(None, "--temp", help="Sampling temperature (0: greedy). Default: the model's generation_config.json (Gemma 4: 1.0), else 0."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold (0 or 1: off). Default: generation_config.json (Gemma 4: 0.95), else off."),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens (0: off). Default: generation_config.json (Gemma 4: 64), else off."),
+    min_p: Optional[float] = typer.Option(None, "--min-p", help="Drop tokens below min-p times the top probability (0: off). Default: generation_config.json, else off."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same output."),
+    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="mlx-lm's repetition penalty (> 0, 1: none) over the last --repetition-context-size tokens, applied at every drafted position."),
+    repetition_context_size: int = typer.Option(20, "--repetition-context-size", help="Tokens the repetition penalty looks back over."),
+    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtracted once from the logit of each token among the last 20."),
+    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Subtracted from a token's logit per occurrence among the last 20."),
+    logit_bias: Optional[str] = typer.Option(None, "--logit-bias", help="Token id biases, like 17=-100,42=2.5 (added to those logits)."),
     draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N, 0 to 32 (0: plain decoding)."),
     exact_verify: bool = typer.Option(False, "--exact-verify", help="Greedy replies bit-identical to plain decoding on any backend (see generate --help)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Replies always run to --max-tokens."),
@@ -193,15 +231,18 @@ def chat(
     Ctrl-C stops a reply (the conversation goes on), Ctrl-D exits."""
     from . import load
     from .chat import ChatSession
-    from .core.settings import SamplingSettings
 
     if max_tokens < 1:
         raise MlxSpecError(f"--max-tokens must be at least 1 (got {max_tokens}).")
     draft = _draft_settings(draft_tokens, exact_verify=exact_verify)
-    sampling = SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
+    _sampling_settings(None, temp, top_p, top_k, min_p, seed)  # the values given, checked before loading
+    processors = _processor_settings(logit_bias, repetition_penalty, repetition_context_size, presence_penalty, frequency_penalty)
     pair, tokenizer = load(model, drafter)
-    session = ChatSession(pair, tokenizer, max_tokens=max_tokens, sampling=sampling, draft=draft, ignore_eos=ignore_eos)
-    typer.echo(f"[mlx-spec chat: {pair.target.name} + {pair.drafter.name}; /reset, /stats, Ctrl-C stops a reply, Ctrl-D exits]")
+    sampling = _sampling_settings(pair.target.path, temp, top_p, top_k, min_p, seed)
+    session = ChatSession(pair, tokenizer, max_tokens=max_tokens, sampling=sampling, draft=draft, ignore_eos=ignore_eos,
+                          processors=processors)
+    typer.echo(f"[mlx-spec chat: {pair.target.name} + {pair.drafter.name}; {sampling.describe()}; "
+               "/reset, /stats, Ctrl-C stops a reply, Ctrl-D exits]")
     last = None
     while True:
         try:
@@ -336,6 +377,62 @@ def _write_atomically(path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+@app.command("bench-serve")
+def bench_serve(
+    model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder, hub id or demo model name."),
+    drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id (default: as serve finds it)."),
+    clients: str = typer.Option("1,4,8", "--clients", help="Concurrent client counts, e.g. 1,4,8."),
+    requests_per_client: int = typer.Option(4, "--requests-per-client", help="Requests each client sends, one after the other."),
+    max_tokens: int = typer.Option(128, "--max-tokens", help="max_tokens of every request."),
+    temperature: float = typer.Option(0.0, "--temperature", help="temperature of every request (0: greedy, on and off texts compared)."),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="JSON lines: name, prompt (default: the bundled set)."),
+    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="The speculating server's --draft-tokens (the other runs 0)."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Both servers' --max-batch."),
+    startup_timeout: float = typer.Option(300.0, "--startup-timeout", help="Seconds to wait for each server's /health."),
+    out: str = typer.Option("bench/serve", "--out", help="Folder for serve_results.json, serve_results.md and serve_bench.png."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
+) -> None:
+    """Load-test `mlx-spec serve`, speculation on vs off: C concurrent clients send streamed chat requests in a
+    closed loop; requests/s, completion tokens/s, latency p50/p95, time to first token, acceptance, speedup."""
+    import os
+    import shlex
+    import time
+    from pathlib import Path
+
+    from .core.loading import load_pair
+    from .core.settings import DraftSettings
+    from .tools.bench import default_prompts, regime
+    from .tools.serve_bench import ServeBench, markdown, plot, read_prompts
+
+    try:
+        counts = [int(c) for c in clients.split(",") if c.strip()]
+    except ValueError:
+        counts = []
+    if not counts or any(not 1 <= c <= 256 for c in counts):
+        raise MlxSpecError(f"--clients takes client counts from 1 to 256 like 1,4,8 (got {clients!r}).")
+    if requests_per_client < 1 or max_tokens < 1 or not 0 <= temperature <= 2 or not 1 <= max_batch <= 64:
+        raise MlxSpecError("bench-serve needs --requests-per-client >= 1, --max-tokens >= 1, 0 <= --temperature <= 2 and 1 <= --max-batch <= 64.")
+    DraftSettings.parse(draft_tokens)  # a bad value fails here, not inside the server
+    prompt_set = read_prompts(Path(prompts) if prompts else default_prompts())
+    pair = load_pair(model, drafter, lazy=True)  # fails early on a missing drafter; the weights' dtypes for the record
+    argv = ["mlx-spec", "bench-serve", "--model", model] + (["--drafter", drafter] if drafter else []) + [
+        "--clients", ",".join(map(str, counts)), "--requests-per-client", str(requests_per_client), "--max-tokens", str(max_tokens),
+        "--temperature", str(temperature)] + (["--prompts", prompts] if prompts else []) + [
+        "--draft-tokens", draft_tokens, "--max-batch", str(max_batch), "--out", out]
+    preload = os.environ.get("LD_PRELOAD")
+    command = (f"LD_PRELOAD={shlex.quote(preload)} " if preload else "") + shlex.join(argv)
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bench = ServeBench(model, drafter, prompt_set, counts, requests_per_client, max_tokens, temperature, max_batch, draft_tokens,
+                       startup_timeout=startup_timeout, command=command, regime=regime(pair.adapter), echo=typer.echo)
+    del pair
+    t0 = time.perf_counter()
+    result = bench.run(progress=progress, on_table=lambda r: _write_results(out_dir, "serve_results", [r], markdown))
+    _write_results(out_dir, "serve_results", [result], markdown)
+    _finish_results(out_dir, "serve_results", [result], plot)
+    typer.echo(f"bench-serve took {time.perf_counter() - t0:.0f} s")
 
 
 @app.command("demo-models")

@@ -1,8 +1,8 @@
 """Public generation API shaped like mlx-lm's: `stream_generate` yields responses, `generate` returns text.
 
-The keyword arguments of the public functions are the edge: they become a `SamplingSettings` and a
-`DraftSettings` once (or pass those objects directly), and `decode` turns the settings into the
-loop's strategy and policy. Chat and the benchmark decode through the same `decode`.
+The keyword arguments of the public functions are the edge: they become a `SamplingSettings`, a
+`ProcessorSettings` and a `DraftSettings` once (or pass those objects directly), and `decode` turns
+the settings into the loop's strategy, processors and policy. Chat and the benchmark decode through the same `decode`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from .core.errors import MlxSpecError
 from .core.loading import SpeculativeModel
 from .core.loop import SpecStats, measure_step_costs, speculative_generate_step
 from .core.policy import BatchPolicy, FixedPolicy, byte_costs, make_policy
-from .core.sampling import make_strategy
-from .core.settings import DraftSettings, SamplingSettings
+from .core.sampling import Processors, make_strategy
+from .core.settings import NO_PROCESSORS, DraftSettings, ProcessorSettings, SamplingSettings
 
 
 @dataclass
@@ -62,18 +62,33 @@ def policy_for(model: SpeculativeModel, sampling: SamplingSettings, draft: Draft
     return policy
 
 
+def processors_for(model: SpeculativeModel, settings: ProcessorSettings) -> Optional[Processors]:
+    """The loop's logits processors for these settings (None when there are none)."""
+    return Processors(settings, model.adapter.vocab_size) if settings.active else None
+
+
+def processor_settings(processors: Optional[ProcessorSettings] = None, logits_processors=None, **kwargs) -> ProcessorSettings:
+    """The public functions' processor keywords (mlx-lm's names; `logits_processors`: custom callables)
+    as one settings object; an object given directly wins."""
+    if processors is not None:
+        return processors
+    given = {k: v for k, v in kwargs.items() if v is not None}
+    return ProcessorSettings(custom=tuple(logits_processors or ()), **given)
+
+
 def decode(model: SpeculativeModel, prompt: Sequence[int], sampling: SamplingSettings, draft: DraftSettings, *,
            max_tokens: int, stop: Iterable[int] = (), stats: Optional[SpecStats] = None, cache: Optional[list] = None,
-           max_context: Optional[int] = None, drafter=None) -> Generator[tuple[int, bool], None, None]:
-    """The loop with the strategy and policy these settings mean: yields (token, from_draft).
+           max_context: Optional[int] = None, drafter=None,
+           processors: ProcessorSettings = NO_PROCESSORS) -> Generator[tuple[int, bool], None, None]:
+    """The loop with the strategy, processors and policy these settings mean: yields (token, from_draft).
     `drafter` overrides the model's own (the benchmark's controlled-acceptance wrapper)."""
     drafter = drafter if drafter is not None else model.draft_model
     if draft.k_max == 0:
         drafter = None
     return speculative_generate_step(
         prompt, model.adapter, drafter, policy=policy_for(model, sampling, draft, drafter), strategy=make_strategy(sampling),
-        exact_verify=draft.exact_verify, max_tokens=max_tokens, stop_tokens=stop, stats=stats, cache=cache,
-        max_context=max_context,
+        processors=processors_for(model, processors), exact_verify=draft.exact_verify, max_tokens=max_tokens,
+        stop_tokens=stop, stats=stats, cache=cache, max_context=max_context,
     )
 
 
@@ -108,22 +123,39 @@ def stream_generate(
     seed: Optional[int] = None,
     ignore_eos: bool = False,
     max_context: Optional[int] = None,
+    logit_bias: Optional[dict] = None,
+    repetition_penalty: Optional[float] = None,
+    repetition_context_size: Optional[int] = None,
+    presence_penalty: Optional[float] = None,
+    presence_context_size: Optional[int] = None,
+    frequency_penalty: Optional[float] = None,
+    frequency_context_size: Optional[int] = None,
+    logits_processors: Optional[list] = None,
     sampling: Optional[SamplingSettings] = None,
     draft: Optional[DraftSettings] = None,
+    processors: Optional[ProcessorSettings] = None,
 ) -> Generator[GenerationResponse, None, None]:
     """Speculative decoding that yields exactly what the target alone would: its greedy tokens at
     temp 0, samples from its (filtered, tempered) distribution otherwise (rejection sampling).
 
     draft_tokens: "auto" (adaptive, up to max_draft_tokens; may choose plain decoding) or a fixed k
     (0: plain decoding through the same loop). exact_verify: greedy output bit-identical to plain
-    decoding on any backend (see README). `sampling` / `draft` objects replace the keywords.
+    decoding on any backend (see README). logit_bias ({token id: bias}), the penalties and their
+    context sizes, and `logits_processors` (mlx-lm-style callables) as mlx-lm's make_logits_processors /
+    generate_step define them, applied at every drafted position. `sampling` / `draft` / `processors`
+    objects replace the keywords.
     """
     sampling = sampling or SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
     draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify)
+    processors = processor_settings(processors, logits_processors, logit_bias=logit_bias, repetition_penalty=repetition_penalty,
+                                    repetition_context_size=repetition_context_size, presence_penalty=presence_penalty,
+                                    presence_context_size=presence_context_size, frequency_penalty=frequency_penalty,
+                                    frequency_context_size=frequency_context_size)
     ids = _prompt_ids(tokenizer, prompt)
     stop = set() if ignore_eos else set(tokenizer.eos_token_ids)
     stats = SpecStats()
-    steps = decode(model, ids, sampling, draft, max_tokens=max_tokens, stop=stop, stats=stats, max_context=max_context)
+    steps = decode(model, ids, sampling, draft, max_tokens=max_tokens, stop=stop, stats=stats, max_context=max_context,
+                   processors=processors)
     yield from responses(tokenizer, steps, stats, len(ids), max_tokens, stop)
 
 
@@ -263,6 +295,15 @@ def batch_generate(
     max_context: Optional[int] = None,
     sampling: Optional[Union[SamplingSettings, Sequence[SamplingSettings]]] = None,
     draft: Optional[DraftSettings] = None,
+    logit_bias: Optional[dict] = None,
+    repetition_penalty: Optional[float] = None,
+    repetition_context_size: Optional[int] = None,
+    presence_penalty: Optional[float] = None,
+    presence_context_size: Optional[int] = None,
+    frequency_penalty: Optional[float] = None,
+    frequency_context_size: Optional[int] = None,
+    logits_processors: Optional[list] = None,
+    processors: Optional[Union[ProcessorSettings, Sequence[ProcessorSettings]]] = None,
     drafter=None,
     stats: Optional[BatchStats] = None,
 ) -> BatchResponse:
@@ -270,15 +311,22 @@ def batch_generate(
     B x (k + 1) tokens per step, each row accepting its own drafts. Same outputs as generating each
     prompt alone (greedy: its greedy tokens; sampled: its distribution).
 
-    prompts: strings or token-id lists. max_tokens and `sampling` may be one value or one per prompt;
-    with `seed`, prompt i samples from seed + i. `drafter` overrides the model's own (the benchmark's
-    controlled-acceptance wrapper)."""
+    prompts: strings or token-id lists. max_tokens, `sampling` and `processors` may be one value or one
+    per prompt; with `seed`, prompt i samples from seed + i. Processor keywords (logit_bias, the penalties,
+    logits_processors) as in `stream_generate`, for every prompt. `drafter` overrides the model's own (the
+    benchmark's controlled-acceptance wrapper)."""
     n = len(prompts)
     if sampling is None:
         sampling = [SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p,
                                      seed=None if seed is None else seed + i) for i in range(n)]
     samplings = _per_prompt(sampling, n, "sampling")
     limits = _per_prompt(max_tokens, n, "max_tokens")
+    if processors is None:
+        processors = processor_settings(None, logits_processors, logit_bias=logit_bias, repetition_penalty=repetition_penalty,
+                                        repetition_context_size=repetition_context_size, presence_penalty=presence_penalty,
+                                        presence_context_size=presence_context_size, frequency_penalty=frequency_penalty,
+                                        frequency_context_size=frequency_context_size)
+    processed = [processors_for(model, p) for p in _per_prompt(processors, n, "processors")]
     draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify)
     drafter = drafter if drafter is not None else model.draft_model
     if draft.k_max == 0:
@@ -288,7 +336,7 @@ def batch_generate(
     engine = BatchEngine(model.adapter, drafter, batch_policy_for(model, samplings, draft, drafter),
                          exact_verify=draft.exact_verify, max_context=max_context, stats=stats)
     engine.policy.prepare(n)  # every batch size the run will see, measured before it starts
-    order = [engine.add(p, make_strategy(s), m, stop) for p, s, m in zip(ids, samplings, limits)]
+    order = [engine.add(p, make_strategy(s), m, stop, pr) for p, s, m, pr in zip(ids, samplings, limits, processed)]
     tokens = {i: [] for i in order}
     reasons = {}
     try:

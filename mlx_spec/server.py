@@ -26,15 +26,14 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from .core.batch import BatchEngine, BatchStats, RowOutput
 from .core.errors import MlxSpecError
-from .core.loading import SpeculativeModel
+from .core.loading import SpeculativeModel, generation_defaults
 from .core.loop import SpecStats, check_token_ids
-from .core.sampling import make_strategy
-from .core.settings import DraftSettings, SamplingSettings
+from .core.sampling import Processors, make_strategy
+from .core.settings import NO_PROCESSORS, DraftSettings, ProcessorSettings, SamplingSettings
 from .generate import batch_policy_for
 
 
@@ -44,24 +43,6 @@ class RequestError(MlxSpecError):
     def __init__(self, message: str, param: Optional[str] = None):
         super().__init__(message)
         self.param = param
-
-
-def model_defaults(path: Path) -> dict:
-    """Sampling defaults from the model's generation_config.json (temperature, top_p, top_k, min_p)."""
-    file = Path(path) / "generation_config.json"
-    if not file.exists():
-        return {}
-    try:
-        config = json.loads(file.read_text())
-    except (OSError, ValueError):
-        return {}
-    out = {}
-    for key in ("temperature", "top_p", "top_k", "min_p"):
-        if isinstance(config.get(key), (int, float)) and not isinstance(config.get(key), bool):
-            out[key] = config[key]
-    if config.get("do_sample") is False:
-        out["temperature"] = 0.0
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -80,6 +61,7 @@ class Job:
     stream: bool
     include_usage: bool
     model: str
+    processors: ProcessorSettings = NO_PROCESSORS
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:24])
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -106,10 +88,6 @@ def parse_job(body: Any, kind: str, tokenizer, model_name: str, defaults: dict, 
     requested = body.get("model")
     if requested not in (None, "", model_name):
         raise RequestError(f"unknown model {requested!r}: this server serves {model_name!r} (GET /v1/models).", "model")
-    neutral = {"logit_bias": (None, {}), "frequency_penalty": (None, 0), "presence_penalty": (None, 0), "repetition_penalty": (None, 1)}
-    unsupported = [k for k, values in neutral.items() if body.get(k) not in values]
-    if unsupported:  # refused rather than silently dropped (the speculative path does not apply them yet)
-        raise RequestError(f"{', '.join(unsupported)} not supported yet by this server: leave them out.", unsupported[0])
     if body.get("n", 1) != 1:
         raise RequestError("only n = 1 is supported.", "n")
     if kind == "chat":
@@ -156,7 +134,31 @@ def parse_job(body: Any, kind: str, tokenizer, model_name: str, defaults: dict, 
         raise RequestError("'stream_options' must be an object.", "stream_options")
     sampling = SamplingSettings(temp=temp, top_p=top_p if top_p < 1 else 0.0, top_k=top_k, min_p=min_p, seed=seed)
     return Job(kind, prompt, sampling, max_tokens, stop, bool(body.get("stream", False)),
-               bool(options.get("include_usage", False)), model_name)
+               bool(options.get("include_usage", False)), model_name, parse_processors(body, vocab_size))
+
+
+def parse_processors(body: dict, vocab_size: int) -> ProcessorSettings:
+    """logit_bias ({"token id": -100..100}), frequency_penalty / presence_penalty (-2..2, OpenAI's ranges),
+    repetition_penalty (> 0, mlx-lm's) and repetition_context_size: applied at every drafted position."""
+    bias = body.get("logit_bias") or {}
+    if not isinstance(bias, dict):
+        raise RequestError("'logit_bias' must be an object mapping token ids to numbers from -100 to 100.", "logit_bias")
+    parsed = {}
+    for key, value in bias.items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise RequestError(f"'logit_bias' keys must be token ids (got {key!r}).", "logit_bias") from None
+        if not 0 <= token < vocab_size:
+            raise RequestError(f"'logit_bias' names token {token}, outside the vocabulary (0..{vocab_size - 1}).", "logit_bias")
+        parsed[token] = _number({"logit_bias": value}, "logit_bias", 0.0, float, low=-100, high=100)
+    return ProcessorSettings(
+        logit_bias=parsed,
+        frequency_penalty=_number(body, "frequency_penalty", 0.0, float, low=-2, high=2),
+        presence_penalty=_number(body, "presence_penalty", 0.0, float, low=-2, high=2),
+        repetition_penalty=_number(body, "repetition_penalty", None, float, low=0, low_open=True),
+        repetition_context_size=_number(body, "repetition_context_size", 20, int, low=1),
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,7 +244,8 @@ class Worker:
                     continue
                 job = sub.job
                 try:
-                    sub.row = self.engine.add(job.prompt, make_strategy(job.sampling), job.max_tokens, self.stop_tokens)
+                    processors = Processors(job.processors, self.engine.target.vocab_size) if job.processors.active else None
+                    sub.row = self.engine.add(job.prompt, make_strategy(job.sampling), job.max_tokens, self.stop_tokens, processors)
                 except Exception as e:  # a bad prompt, or an error inside MLX: this request fails, the others go on
                     sub.deliver(e if isinstance(e, MlxSpecError) else RuntimeError(f"prefill failed: {e}"))
                     continue
@@ -327,7 +330,7 @@ def make_app(model: SpeculativeModel, tokenizer, draft: Optional[DraftSettings] 
         raise MlxSpecError('the server needs its extra: pip install "mlx-spec[server]" (starlette, uvicorn).') from None
 
     name = model_name or model.target.name
-    defaults = model_defaults(model.target.path)
+    defaults = generation_defaults(model.target.path)
     stop_tokens = set(tokenizer.eos_token_ids)
     worker = Worker(model, draft or DraftSettings(), max_batch, stop_tokens)
     target = model.adapter

@@ -65,13 +65,17 @@ class TabularTarget:
         return {}
 
     # -- exact answers ----------------------------------------------------------------
-    def exact_joint(self, prompt: list[int], n: int, distribution) -> dict[tuple, float]:
-        """P(first n generated tokens) by enumeration, under the sampling distribution."""
+    def exact_joint(self, prompt: list[int], n: int, distribution, processors=None) -> dict[tuple, float]:
+        """P(first n generated tokens) by enumeration, under the sampling distribution (after the logits
+        processors, which see the whole context, when given)."""
         out = {}
         for seq in itertools.product(range(self.vocab_size), repeat=n):
             prob, context = 1.0, list(prompt)
             for t in seq:
-                p = np.array(distribution(mx.array(self.logits_after(context))[None]))[0]
+                logits = mx.array(self.logits_after(context))[None]
+                if processors is not None:
+                    logits = processors(mx.array(context), logits)
+                p = np.array(distribution(logits))[0]
                 prob *= float(p[t])
                 context.append(t)
             out[seq] = prob

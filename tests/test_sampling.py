@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from mlx_spec.core.errors import MlxSpecError
-from mlx_spec.core.sampling import Distribution, RejectionSampler, SamplingSettings, make_strategy
+from mlx_spec.core.sampling import Distribution, Processors, RejectionSampler, SamplingSettings, make_strategy
+from mlx_spec.core.settings import ProcessorSettings
 from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from tabular import TabularDrafter, TabularTarget, chi_square, chi_square_critical, empirical
 
@@ -56,12 +57,13 @@ def drafters(target: TabularTarget) -> dict:
     }
 
 
-def sample_first_three(target, drafter, strategy, n=N, k=2) -> tuple[list[tuple], SpecStats]:
+def sample_first_three(target, drafter, strategy, n=N, k=2, processors=None) -> tuple[list[tuple], SpecStats]:
     total = SpecStats()
     samples = []
     for _ in range(n):
         stats = SpecStats()
-        out = token_ids(speculative_generate_step(PROMPT, target, drafter, draft_tokens=k, max_tokens=5, strategy=strategy, stats=stats))
+        out = token_ids(speculative_generate_step(PROMPT, target, drafter, draft_tokens=k, max_tokens=5, strategy=strategy,
+                                                  stats=stats, processors=processors))
         samples.append(tuple(out[:3]))
         total.drafted += stats.drafted
         total.accepted += stats.accepted
@@ -107,6 +109,24 @@ def test_filters_apply_to_p_and_q(target):
     assert all(exact[s] > 0 for s in samples)  # never a filtered-out token
     stat, df = chi_square(empirical(samples), exact, len(samples))
     assert stat < chi_square_critical(df), (stat, df)
+
+
+def test_processors_apply_to_p_and_q_position_by_position(target):
+    """Logit bias and presence / frequency / repetition penalties inside a block: each drafted position's
+    p and q are processed with the history up to it, so the output follows the processed distribution
+    (and not the unprocessed one: the check can tell them apart)."""
+    settings = ProcessorSettings(logit_bias={4: 1.5}, presence_penalty=0.8, frequency_penalty=0.6, repetition_penalty=1.4,
+                                 presence_context_size=3)
+    processors = Processors(settings, V)
+    exact = target.exact_joint(PROMPT, 3, Distribution(SETTINGS), processors)
+    samples, stats = sample_first_three(target, drafters(target)["random"], make_strategy(replace(SETTINGS, seed=5)), n=1500,
+                                        processors=processors)
+    assert stats.accepted > 0 and stats.accepted < stats.drafted
+    stat, df = chi_square(empirical(samples), exact, len(samples))
+    assert stat < chi_square_critical(df), (stat, df)
+    plain = target.exact_joint(PROMPT, 3, Distribution(SETTINGS))
+    stat, df = chi_square(empirical(samples), plain, len(samples))
+    assert stat > chi_square_critical(df), (stat, df)
 
 
 def test_seed_makes_runs_reproducible(target):

@@ -15,7 +15,9 @@ httpx = pytest.importorskip("httpx")
 import mlx_spec  # noqa: E402
 from mlx_spec.core.loop import speculative_generate_step, token_ids  # noqa: E402
 from mlx_spec.core.settings import DraftSettings  # noqa: E402
-from mlx_spec.server import Job, Submission, make_app, model_defaults, parse_job  # noqa: E402
+from mlx_spec.core.loading import generation_defaults as model_defaults  # noqa: E402
+from mlx_spec.server import Job, Submission, make_app, parse_job  # noqa: E402
+from mlx_spec.core.sampling import Processors  # noqa: E402
 from mlx_spec.core.settings import SamplingSettings  # noqa: E402
 
 
@@ -36,8 +38,9 @@ def served(tiny):
     app.state.worker.close()
 
 
-def reference(model, tokenizer, prompt, max_tokens):
-    out = token_ids(speculative_generate_step(prompt, model.adapter, None, max_tokens=max_tokens, stop_tokens=tokenizer.eos_token_ids))
+def reference(model, tokenizer, prompt, max_tokens, processors=None):
+    out = token_ids(speculative_generate_step(prompt, model.adapter, None, max_tokens=max_tokens, stop_tokens=tokenizer.eos_token_ids,
+                                              processors=processors))
     finish = "stop" if out and out[-1] in tokenizer.eos_token_ids else "length"
     detokenizer = tokenizer.detokenizer  # as the server detokenizes (streaming), not tokenizer.decode
     for t in out:
@@ -104,6 +107,31 @@ def test_streaming_chat_with_usage(served):
     assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == n and "speculative" in chunks[-1]
 
 
+def test_penalties_and_logit_bias_on_the_speculative_path(served):
+    """Rows with and without logits processors in one batch: each equals plain greedy decoding with its
+    own processors (the penalties read each drafted position's own history)."""
+    model, tokenizer, app, sizes = served
+    prompt = [2, 61, 17, 140, 8, 61]
+    first = token_ids(speculative_generate_step(prompt, model.adapter, None, max_tokens=1))[0]
+    settings = [{}, {"frequency_penalty": 1.5, "presence_penalty": 0.5}, {"repetition_penalty": 1.6, "logit_bias": {"7": 4.0}},
+                {"logit_bias": {str(first): -100}}]
+    sizes.clear()
+    replies = post_all(app, "/v1/completions", [{"prompt": prompt, "max_tokens": 50, "temperature": 0, **extra} for extra in settings])
+    assert max(sizes) >= 2  # decoded together
+    texts = set()
+    for extra, r in zip(settings, replies):
+        assert r.status_code == 200, r.text
+        job = parse_job({"prompt": prompt, **extra}, "completion", tokenizer, model.target.name, {}, 1000, model.adapter.vocab_size)
+        processors = Processors(job.processors, model.adapter.vocab_size) if job.processors.active else None
+        text, finish, n = reference(model, tokenizer, prompt, 50, processors)
+        body = r.json()
+        assert body["choices"][0]["text"] == text and body["usage"]["completion_tokens"] == n
+        texts.add(text)
+        if extra:
+            assert body["speculative"]["drafted"] > 0
+    assert len(texts) == len(settings)  # every processor changed the output
+
+
 def test_stop_string_ends_the_text_exactly_there(served):
     model, tokenizer, app, _ = served
     prompt = [2, 77, 13, 250, 9]
@@ -124,7 +152,10 @@ def test_stop_string_ends_the_text_exactly_there(served):
     ({"prompt": [2, 10**7]}, "prompt"),
     ({"prompt": [2] * 200_000}, "prompt"),
     ({"prompt": 5}, "prompt"),
-    ({"prompt": [2, 5], "logit_bias": {"5": 3}}, "logit_bias"),
+    ({"prompt": [2, 5], "logit_bias": {"5": 300}}, "logit_bias"),
+    ({"prompt": [2, 5], "logit_bias": {"x": 1}}, "logit_bias"),
+    ({"prompt": [2, 5], "frequency_penalty": 2.5}, "frequency_penalty"),
+    ({"prompt": [2, 5], "repetition_penalty": 0}, "repetition_penalty"),
 ])
 def test_bad_requests_are_400_and_the_server_goes_on(served, body, param):
     _, _, app, _ = served

@@ -33,7 +33,7 @@ from .draft import Drafter, propose_rows
 from .errors import MlxSpecError
 from .loop import SpecStats, check_token_ids, costs_from, emitted, prefill, synchronize, time_steps
 from .policy import Acceptance, BatchPolicy
-from .sampling import GREEDY, Strategy, accept_rows, draft_rows
+from .sampling import GREEDY, History, Processors, Strategy, accept_rows, draft_rows
 
 
 @dataclass
@@ -88,6 +88,7 @@ class Row:
     stop: frozenset
     stats: SpecStats
     seen: Acceptance  # this row's acceptance by draft position
+    history: Optional[History] = None  # with logits processors: the tokens before the row's next input
     tokens: list[int] = field(default_factory=list)
     finish_reason: Optional[str] = None  # "stop", "length", "cancelled"
 
@@ -115,15 +116,31 @@ class RowsBlock:
     next_token: mx.array  # [B]
     hidden: mx.array  # [B, 1, H]: the target's hidden state at each row's last kept position
     expert_mark: int
+    contexts: list  # per row, with logits processors: its history up to the input token (else None)
+
+
+def _processed(contexts: list, logits: mx.array, each) -> mx.array:
+    """Rows with logits processors (a context) get `each(b, logits[b])`; the others pass unchanged."""
+    if all(c is None for c in contexts):
+        return logits
+    return mx.stack([logits[b] if c is None else each(b, logits[b]) for b, c in enumerate(contexts)])
 
 
 def build_rows_block(target, drafter: Optional[Drafter], rows: list[Row], caches: list, tokens: mx.array,
                      hidden: mx.array, k: int, exact: bool = False) -> RowsBlock:
-    """Queue draft k -> verify B x [token, d1..dk] -> per-row accept (mx.async_eval); read nothing."""
+    """Queue draft k -> verify B x [token, d1..dk] -> per-row accept (mx.async_eval); read nothing.
+    Rows with logits processors have every position processed with their own history (loop.build_block)."""
     strategies = [r.strategy for r in rows]
     with mx.stream(generation_stream):
+        contexts = [None if r.history is None else r.history.context(tokens[b : b + 1]) for b, r in enumerate(rows)]
+        process = None
+        if any(c is not None for c in contexts):
+            def process(logits, drafted):  # drafter logits [B, V] -> processed, given the drafts before them
+                return _processed(contexts, logits, lambda b, lg: rows[b].history.draft(
+                    contexts[b], [d[b : b + 1] for d in drafted], lg[None])[0])
         if k:
-            drafts, draft_logits = propose_rows(drafter, target, caches, tokens, hidden, k, lambda lg: draft_rows(strategies, lg))
+            drafts, draft_logits = propose_rows(drafter, target, caches, tokens, hidden, k,
+                                                lambda lg: draft_rows(strategies, lg), process)
         else:
             drafts, draft_logits = mx.zeros((len(rows), 0), mx.int32), None
         inputs = mx.concatenate([tokens.astype(mx.int32)[:, None], drafts], axis=1)  # [B, k + 1]
@@ -132,10 +149,15 @@ def build_rows_block(target, drafter: Optional[Drafter], rows: list[Row], caches
             logits, hidden_all = (mx.concatenate([o[j] for o in outs], axis=1) for j in (0, 1))
         else:
             logits, hidden_all = target.forward(inputs, caches)
+        logits = _processed(contexts, logits, lambda b, lg: rows[b].history.verify(contexts[b], drafts[b], lg))
         n, next_token = accept_rows(strategies, drafts, draft_logits, logits)
         kept = hidden_all if k == 0 else mx.take_along_axis(hidden_all, n[:, None, None], axis=1)
+    if k == 0:
+        for row, c in zip(rows, contexts):
+            if c is not None:
+                row.history.advance(c, [])
     mark = target.moe.pending if target.moe is not None else 0
-    block = RowsBlock(list(rows), k, drafts, n, next_token, kept, mark)
+    block = RowsBlock(list(rows), k, drafts, n, next_token, kept, mark, contexts)
     mx.async_eval(block.drafts, block.accepted, block.next_token, block.hidden)
     return block
 
@@ -188,8 +210,9 @@ class BatchEngine:
         return len(self.rows) + len(self._joining)
 
     def add(self, prompt: Iterable[int], strategy: Strategy = GREEDY, max_tokens: int = 256,
-            stop_tokens: Iterable[int] = ()) -> int:
-        """Prefill a request now (alone, batch-1 caches); it joins the batch at the next step. Returns its id."""
+            stop_tokens: Iterable[int] = (), processors: Optional[Processors] = None) -> int:
+        """Prefill a request now (alone, batch-1 caches); it joins the batch at the next step. Returns its id.
+        `processors` (logits processors) shape this request's distributions at every position."""
         prompt = check_token_ids(prompt, self.target.vocab_size)
         if not prompt:
             raise MlxSpecError("a prompt is empty: give at least one token.")
@@ -197,7 +220,8 @@ class BatchEngine:
             raise MlxSpecError(f"a prompt has {len(prompt)} tokens, the model's context is {self.max_context}: shorten it.")
         if max_tokens <= 0:
             raise MlxSpecError(f"max_tokens must be at least 1 (got {max_tokens}).")
-        row = Row(self._next_id, strategy, int(max_tokens), frozenset(stop_tokens), SpecStats(), self.policy.new_row())
+        row = Row(self._next_id, strategy, int(max_tokens), frozenset(stop_tokens), SpecStats(), self.policy.new_row(),
+                  None if processors is None else History(processors, prompt))
         self._next_id += 1
         row.stats.prompt_tokens = len(prompt)
         t0 = time.perf_counter()
@@ -206,7 +230,7 @@ class BatchEngine:
             moe.flush()  # count the queued steps' forwards first: only the prefill's go to prefill_expert_loads
             before = moe.loads
         caches = self.target.make_cache(max_rollback=self.slack)
-        token, hidden = prefill(self.target, strategy, prompt, caches, self.prefill_step_size, row.stats)
+        token, hidden = prefill(self.target, strategy, prompt, caches, self.prefill_step_size, row.stats, row.history)
         mx.eval(token, hidden)
         if moe is not None:
             moe.flush()
@@ -250,6 +274,8 @@ class BatchEngine:
         for b, row in enumerate(block.rows):
             if row.finished:  # finished after this block was queued (cancelled, or a step queued ahead)
                 continue
+            if row.history is not None and block.k:
+                row.history.advance(block.contexts[b], drafts[b][: n[b]])
             out = drafts[b][: n[b]] + [next_tokens[b]]
             end = emitted(out, row.stop, row.max_tokens - len(row.tokens))
             self._emit(row, out[:end], n[b], outputs)

@@ -31,10 +31,11 @@ class Drafter(Protocol):
 
 
 def propose(drafter: Drafter, target, cache: list, token: mx.array, hidden: mx.array, k: int,
-            sampler: Sampler) -> tuple[mx.array, mx.array]:
+            sampler: Sampler, process: Optional[Callable] = None) -> tuple[mx.array, mx.array]:
     """Draft k tokens after `token` ([1]), whose target hidden predecessor is `hidden` [1, 1, H].
+    `process(logits, drafted)` (logits processors) shapes each step's logits, given the drafts before it.
 
-    Returns (tokens [k] int32, logits [k, V]); lazy.
+    Returns (tokens [k] int32, logits [k, V], as processed); lazy.
     """
     position = target_position(cache)
     kv = target.shared_kv(cache, drafter.sliding_span)
@@ -44,6 +45,8 @@ def propose(drafter: Drafter, target, cache: list, token: mx.array, hidden: mx.a
         inputs = mx.concatenate([target.embed(last[None]), hidden], axis=-1)
         step_logits, hidden = drafter(inputs, position, kv)
         step_logits = step_logits[0, -1:]
+        if process is not None:
+            step_logits = process(step_logits, tokens)
         last = sampler(step_logits)
         tokens.append(last)
         logits.append(step_logits)
@@ -51,10 +54,11 @@ def propose(drafter: Drafter, target, cache: list, token: mx.array, hidden: mx.a
 
 
 def propose_rows(drafter: Drafter, target, caches: list, tokens: mx.array, hidden: mx.array, k: int,
-                 draft: Callable[[mx.array], mx.array]) -> tuple[mx.array, mx.array]:
+                 draft: Callable[[mx.array], mx.array], process: Optional[Callable] = None) -> tuple[mx.array, mx.array]:
     """`propose` for B rows at their own positions (ragged caches, batch_cache.py): tokens [B], hidden
-    [B, 1, H]; `draft` maps drafter logits [B, V] to proposals [B]. Returns (drafts [B, k] int32,
-    logits [B, k, V]); lazy. One batched drafter pass per draft step."""
+    [B, 1, H]; `draft` maps drafter logits [B, V] to proposals [B]; `process(logits, drafted)` as in
+    `propose` (drafted: [B] arrays). Returns (drafts [B, k] int32, logits [B, k, V]); lazy. One batched
+    drafter pass per draft step."""
     positions = caches[0].offset
     kv, masks = target.shared_kv_rows(caches, drafter.sliding_span)
     drafts, logits = [], []
@@ -63,6 +67,8 @@ def propose_rows(drafter: Drafter, target, caches: list, tokens: mx.array, hidde
         inputs = mx.concatenate([target.embed(last[:, None]), hidden], axis=-1)
         step_logits, hidden = drafter(inputs, positions, kv, masks)
         step_logits = step_logits[:, -1]
+        if process is not None:
+            step_logits = process(step_logits, drafts)
         last = draft(step_logits)
         drafts.append(last)
         logits.append(step_logits)

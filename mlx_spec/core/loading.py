@@ -8,6 +8,7 @@ checks that a drafter fits a target before any weight is touched by the decoding
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -271,6 +272,24 @@ class SpeculativeModel:
     def draft_model(self):
         """The drafter module the loop runs (a draft.Drafter), or None."""
         return self.drafter.module if self.drafter is not None else None
+
+
+def generation_defaults(path: str | os.PathLike) -> dict:
+    """Sampling defaults from a model folder's generation_config.json (temperature, top_p, top_k, min_p;
+    `do_sample: false` means greedy): what users of the released models expect when they set nothing
+    (Gemma 4 ships temperature 1.0, top_p 0.95, top_k 64). {} when the file has none."""
+    file = Path(path) / "generation_config.json"
+    try:
+        config = json.loads(file.read_text()) if file.exists() else {}
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for key in ("temperature", "top_p", "top_k", "min_p"):
+        if isinstance(config.get(key), (int, float)) and not isinstance(config.get(key), bool):
+            out[key] = config[key]
+    if config.get("do_sample") is False:
+        out["temperature"] = 0.0
+    return out
 
 
 def default_drafter(model: str) -> Optional[str]:

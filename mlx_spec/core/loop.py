@@ -35,7 +35,7 @@ from .cache import rollback_slack, trim_all
 from .draft import Drafter, propose, target_position
 from .errors import MlxSpecError
 from .policy import FixedPolicy, MoECosts, StepCosts
-from .sampling import GREEDY, Strategy
+from .sampling import GREEDY, History, Processors, Strategy
 
 
 @dataclass
@@ -130,14 +130,21 @@ class Block:
     next_token: mx.array  # [1] int32: the target's token after the n accepted drafts
     hidden: mx.array  # [1, 1, H]
     expert_mark: int  # MoE: tracker forwards built up to and including this block
+    context: Optional[mx.array] = None  # with logits processors: the history up to the input token
 
 
 def build_block(target, drafter: Optional[Drafter], strategy: Strategy, cache: list, token: mx.array,
-                hidden: mx.array, k: int, exact: bool = False) -> Block:
-    """Queue draft k -> verify [token, d1..dk] -> accept on the device (mx.async_eval); read nothing."""
+                hidden: mx.array, k: int, exact: bool = False, history: Optional[History] = None) -> Block:
+    """Queue draft k -> verify [token, d1..dk] -> accept on the device (mx.async_eval); read nothing.
+    With `history` (logits processors), every position's target and drafter logits are processed with
+    the tokens before it; a plain block extends the history at once, a speculative one when it is read."""
     with mx.stream(generation_stream):
+        context = process = None
+        if history is not None:
+            context = history.context(token)
+            process = lambda logits, drafted: history.draft(context, drafted, logits)  # noqa: E731
         if k:
-            drafts, draft_logits = propose(drafter, target, cache, token, hidden, k, strategy.draft)
+            drafts, draft_logits = propose(drafter, target, cache, token, hidden, k, strategy.draft, process)
             inputs = mx.concatenate([token.astype(mx.int32), drafts])[None]
         else:
             drafts, draft_logits, inputs = mx.zeros((0,), mx.int32), None, token.astype(mx.int32)[None]
@@ -147,10 +154,13 @@ def build_block(target, drafter: Optional[Drafter], strategy: Strategy, cache: l
             hidden_all = mx.concatenate([r[1] for r in rows], axis=1)
         else:
             logits, hidden_all = target.forward(inputs, cache)
-        n, next_token = strategy.accept(drafts, draft_logits, logits[0])
+        logits = logits[0] if history is None else history.verify(context, drafts, logits[0])
+        n, next_token = strategy.accept(drafts, draft_logits, logits)
         kept = hidden_all if k == 0 else mx.take(hidden_all, n.reshape(1), axis=1)
+    if history is not None and k == 0:
+        history.advance(context, [])
     mark = target.moe.pending if target.moe is not None else 0
-    block = Block(k, drafts, n, next_token, kept, mark)
+    block = Block(k, drafts, n, next_token, kept, mark, context)
     mx.async_eval(block.drafts, block.accepted, block.next_token, block.hidden)
     return block
 
@@ -190,6 +200,7 @@ def speculative_generate_step(
     draft_tokens: int = 4,
     policy=None,
     strategy: Strategy = GREEDY,
+    processors: Optional[Processors] = None,
     exact_verify: bool = False,
     max_tokens: int = 256,
     stop_tokens: Iterable[int] = (),
@@ -202,6 +213,8 @@ def speculative_generate_step(
     (which is yielded). from_draft: the token was a draft the target accepted.
 
     The draft length comes from `policy` (policy.FixedPolicy / AdaptivePolicy), or is `draft_tokens`.
+    `processors` (sampling.Processors: logit bias, penalties) shape every position's distribution; the
+    history they read starts at `prompt`, as in mlx-lm's generate_step.
     `cache` (from target.make_cache) continues a conversation: `prompt` is then only the new tokens;
     it must keep rollback slack for the longest block the policy may draft.
     However the generator ends (exhausted, closed, interrupted), the cache is left holding exactly the
@@ -232,7 +245,8 @@ def speculative_generate_step(
     stats.generated = 0
     stats.prompt_tokens = len(prompt)
     try:
-        yield from _decode(prompt, target, drafter, policy, strategy, exact_verify, max_tokens, stop,
+        history = History(processors, prompt) if processors is not None else None
+        yield from _decode(prompt, target, drafter, policy, strategy, history, exact_verify, max_tokens, stop,
                            prefill_step_size, max_context, stats, cache)
     finally:
         # Forget what was processed past the last yielded token (a stop mid-block, a close, a queued block).
@@ -246,8 +260,9 @@ def speculative_generate_step(
             stats.record_experts(target.moe)
 
 
-def prefill(target, strategy, prompt, cache, step_size, stats) -> tuple[mx.array, mx.array]:
-    """Read the prompt in chunks; the first token and the hidden state that predicted it (lazy)."""
+def prefill(target, strategy, prompt, cache, step_size, stats, history: Optional[History] = None) -> tuple[mx.array, mx.array]:
+    """Read the prompt in chunks; the first token and the hidden state that predicted it (lazy); with
+    `history`, the first token's logits are processed with the prompt as history (as mlx-lm does)."""
     ids = mx.array(prompt)[None]
     with mx.stream(generation_stream):
         while ids.shape[1] > step_size:
@@ -256,17 +271,19 @@ def prefill(target, strategy, prompt, cache, step_size, stats) -> tuple[mx.array
             stats.target_forwards += 1
             ids = ids[:, step_size:]
         logits, hidden = target.forward(ids, cache, last_only=True)
-        token = strategy.first(logits[0, -1:])
+        logits = logits[0, -1:]
+        token = strategy.first(logits if history is None else history.first(logits))
     stats.target_forwards += 1
     return token, hidden
 
 
-def _decode(prompt, target, drafter, policy, strategy, exact, max_tokens, stop, prefill_step_size, max_context, stats, cache):
+def _decode(prompt, target, drafter, policy, strategy, history, exact, max_tokens, stop, prefill_step_size, max_context,
+            stats, cache):
     """The loop proper (see the module docstring); `speculative_generate_step` sets it up."""
     t0 = time.perf_counter()
     if target.moe is not None:
         target.moe.reset()
-    token, hidden = prefill(target, strategy, prompt, cache, prefill_step_size, stats)
+    token, hidden = prefill(target, strategy, prompt, cache, prefill_step_size, stats, history)
     prefill_mark = target.moe.pending if target.moe is not None else 0
 
     def queue(token, hidden, yielded_before: int) -> Optional[Block]:
@@ -276,7 +293,7 @@ def _decode(prompt, target, drafter, policy, strategy, exact, max_tokens, stop, 
         if room < 0 or wanted < 0:
             return None
         k = max(0, min(policy.choose(), wanted, room))
-        return build_block(target, drafter, strategy, cache, token, hidden, k, exact)
+        return build_block(target, drafter, strategy, cache, token, hidden, k, exact, history)
 
     block = queue(token, hidden, 1)
     mx.eval([token] + (target.moe.pending_arrays(prefill_mark) if target.moe is not None else []))
@@ -301,6 +318,8 @@ def _decode(prompt, target, drafter, policy, strategy, exact, max_tokens, stop, 
         now = time.perf_counter()
         interval, last_read = now - last_read, now
         policy.update(block.k, n)
+        if history is not None and block.k:
+            history.advance(block.context, drafts[:n])
         stats.record_step(drafts, n, interval)
         if block.k:
             trim_all(cache, block.k - n)  # rollback: forget the rejected drafts

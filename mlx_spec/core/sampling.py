@@ -12,6 +12,12 @@ the drafter's proposals, and the acceptance of a block:
   from p. The output follows p exactly. p and q are shaped by the same settings (`Distribution`:
   top-p, min-p, top-k on log-probabilities, then temperature, as mlx-lm's `make_sampler` orders them).
   Randomness comes from the strategy's own key (seeded: reproducible runs).
+
+Logits processors (`Processors`: logit bias, repetition / presence / frequency penalties, mlx-lm's own
+functions) act before either: inside a block, position i's target logits and draft i + 1's drafter
+logits are both processed with the history up to that position (`History`: the sequence's tokens
+before its next input, kept on the device), so greedy equals plain greedy decoding with the same
+processors and rejection sampling is exact for the processed distribution.
 """
 
 from __future__ import annotations
@@ -20,12 +26,13 @@ from typing import Optional, Protocol
 
 import mlx.core as mx
 import numpy as np
-from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p
+from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, make_logits_processors
 
-from .settings import SamplingSettings
+from .errors import MlxSpecError
+from .settings import ProcessorSettings, SamplingSettings
 
 __all__ = ["SamplingSettings", "Distribution", "Strategy", "Greedy", "RejectionSampler", "GREEDY", "make_strategy",
-           "draft_rows", "accept_rows"]
+           "draft_rows", "accept_rows", "Processors", "History"]
 
 
 class Distribution:
@@ -153,3 +160,72 @@ def accept_rows(strategies: list, drafts: mx.array, draft_logits: Optional[mx.ar
 def make_strategy(settings: SamplingSettings) -> Strategy:
     """Greedy at temperature 0, else drafts sampled from q and speculative rejection sampling."""
     return GREEDY if settings.greedy else RejectionSampler(settings)
+
+
+# ------------------------------------------------------------------------------------------------
+# Logits processors inside a block
+
+
+class Processors:
+    """One setting's logits processors (mlx-lm's `make_logits_processors`, plus custom callables), built
+    once per request; `__call__(tokens, logits [1, V])` applies them in mlx-lm's order."""
+
+    def __init__(self, settings: ProcessorSettings, vocab_size: int):
+        bad = [t for t, _ in settings.logit_bias if not 0 <= t < vocab_size]
+        if bad:
+            raise MlxSpecError(f"logit bias names token ids outside the vocabulary of {vocab_size}: {bad[:5]}.")
+        self.settings = settings
+        self.window = settings.window
+        self.functions = make_logits_processors(
+            dict(settings.logit_bias) or None,
+            settings.repetition_penalty if settings.repetition_penalty not in (None, 1, 1.0) else None,
+            settings.repetition_context_size,
+            settings.presence_penalty or None, settings.presence_context_size,
+            settings.frequency_penalty or None, settings.frequency_context_size,
+        ) + list(settings.custom)
+
+    def recent(self, tokens: mx.array) -> mx.array:
+        """The tail of a history the processors can read (all of it for custom processors)."""
+        if self.window is None or tokens.shape[0] <= self.window:
+            return tokens
+        return tokens[tokens.shape[0] - self.window :]
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        for f in self.functions:
+            logits = f(tokens, logits)
+        return logits
+
+
+class History:
+    """One sequence's processors and the tokens before its next input token (a device array, possibly
+    lazy: a plain step queued ahead extends it before the step it follows is read).
+
+    A block with input token t and drafts d1..dk reads `context = history + [t]`; position i sees
+    context + d1..di. Afterwards the history is the context plus the accepted drafts (`advance`)."""
+
+    def __init__(self, processors: Processors, prompt: list[int]):
+        self.processors = processors
+        self.tokens = processors.recent(mx.array(prompt, dtype=mx.int32))
+
+    def first(self, logits: mx.array) -> mx.array:
+        """The logits [1, V] after the prompt, processed."""
+        return self.processors(self.tokens, logits)
+
+    def context(self, token: mx.array) -> mx.array:
+        """`history + [token]` for a block whose input is `token` [1]."""
+        return self.processors.recent(mx.concatenate([self.tokens, token.reshape(-1).astype(mx.int32)]))
+
+    def draft(self, context: mx.array, drafted: list, logits: mx.array) -> mx.array:
+        """Drafter logits [1, V] for the next draft after `drafted` ([1] arrays), processed."""
+        return self.processors(mx.concatenate([context] + [d.reshape(-1) for d in drafted]), logits)
+
+    def verify(self, context: mx.array, drafts: mx.array, logits: mx.array) -> mx.array:
+        """Target logits [k + 1, V] over [t, d1..dk], each position processed with its own history."""
+        return mx.concatenate([self.processors(mx.concatenate([context, drafts[:i]]), logits[i : i + 1])
+                               for i in range(logits.shape[0])])
+
+    def advance(self, context: mx.array, accepted: list[int]) -> None:
+        """After a block: the history ends with its input token and the drafts it accepted."""
+        if accepted:
+            context = self.processors.recent(mx.concatenate([context, mx.array(accepted, dtype=mx.int32)]))
+        self.tokens = context

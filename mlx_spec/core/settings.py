@@ -2,6 +2,9 @@
 
 - `SamplingSettings`: how target tokens are drawn (temperature, top-p, top-k, min-p, seed), applied
   to the target's p and the drafter's q alike.
+- `ProcessorSettings`: logits processors (logit bias; repetition, presence and frequency penalties,
+  as mlx-lm's `make_logits_processors` defines them; or any mlx-lm-style processor callables), applied
+  position by position inside a speculative block to the target's p and the drafter's q alike.
 - `DraftSettings`: how many tokens to draft (a fixed k, or "auto" up to `max_draft_tokens`) and
   whether the verify must reproduce plain decoding bit for bit (`exact_verify`).
 
@@ -11,7 +14,7 @@ Invalid values raise `MlxSpecError` with one sentence saying what is allowed, be
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -45,6 +48,93 @@ class SamplingSettings:
     @property
     def greedy(self) -> bool:
         return self.temp == 0
+
+    @classmethod
+    def resolve(cls, defaults: dict, temp=None, top_p=None, top_k=None, min_p=None, seed=None) -> "SamplingSettings":
+        """Values given win; those left out (None) come from `defaults` (the model's generation_config.json,
+        `loading.generation_defaults`: temperature, top_p, top_k, min_p), else greedy with no filters."""
+        given = {"temp": temp, "top_p": top_p, "top_k": top_k, "min_p": min_p}
+        names = {"temp": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p"}
+        values = {k: v if v is not None else defaults.get(names[k], getattr(cls, k)) for k, v in given.items()}
+        return cls(**values, seed=seed)
+
+    def describe(self) -> str:
+        if self.greedy:
+            return "greedy"
+        parts = [f"temperature {self.temp:g}"] + [f"{name} {v:g}" for name, v in
+                                                   (("top_p", self.top_p), ("top_k", self.top_k), ("min_p", self.min_p)) if v]
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class ProcessorSettings:
+    """Logits processors, with mlx-lm's meanings and defaults (`mlx_lm.sample_utils.make_logits_processors`):
+    logit_bias adds to the named token ids' logits; repetition_penalty (> 0, 1 = off) divides positive
+    and multiplies negative logits of the tokens among the last `repetition_context_size`; presence_penalty
+    subtracts once per distinct token among the last `presence_context_size`, frequency_penalty once per
+    occurrence among the last `frequency_context_size`. `custom`: further mlx-lm-style callables
+    (tokens so far, logits [1, V]) -> logits, which see the whole history (prompt included)."""
+
+    logit_bias: tuple = ()  # ((token id, bias), ...); a dict is accepted and stored sorted
+    repetition_penalty: Optional[float] = None
+    repetition_context_size: int = 20
+    presence_penalty: float = 0.0
+    presence_context_size: int = 20
+    frequency_penalty: float = 0.0
+    frequency_context_size: int = 20
+    custom: tuple[Callable, ...] = ()
+
+    def __post_init__(self):
+        bias = self.logit_bias
+        if isinstance(bias, dict):
+            bias = tuple(sorted(bias.items()))
+        problems = []
+        try:
+            bias = tuple((int(t), float(v)) for t, v in (bias or ()))
+        except (TypeError, ValueError):
+            problems.append("logit bias must map token ids to numbers")
+            bias = ()
+        if any(not np.isfinite(v) for _, v in bias):
+            problems.append("logit bias values must be finite numbers")
+        object.__setattr__(self, "logit_bias", bias)
+        object.__setattr__(self, "custom", tuple(self.custom or ()))
+        rp = self.repetition_penalty
+        if rp is not None and not (isinstance(rp, (int, float)) and np.isfinite(rp) and rp > 0):
+            problems.append(f"repetition penalty must be a number > 0, 1 meaning none (got {rp!r})")
+        for name in ("presence_penalty", "frequency_penalty"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and np.isfinite(v)):
+                problems.append(f"{name.replace('_', ' ')} must be a number (got {v!r})")
+        for name in ("repetition_context_size", "presence_context_size", "frequency_context_size"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1):
+                problems.append(f"{name.replace('_', ' ')} must be a whole number >= 1 (got {v!r})")
+        if any(not callable(f) for f in self.custom):
+            problems.append("custom logits processors must be callables (tokens, logits) -> logits")
+        if problems:
+            raise MlxSpecError("invalid logits processors: " + "; ".join(problems) + ".")
+
+    @property
+    def active(self) -> bool:
+        return bool(self.logit_bias or self.custom or self.presence_penalty or self.frequency_penalty
+                    or self.repetition_penalty not in (None, 1, 1.0))
+
+    @property
+    def window(self) -> Optional[int]:
+        """How many past tokens the processors read: None for all (custom processors), 0 for none."""
+        if self.custom:
+            return None
+        sizes = [0]
+        if self.repetition_penalty not in (None, 1, 1.0):
+            sizes.append(self.repetition_context_size)
+        if self.presence_penalty:
+            sizes.append(self.presence_context_size)
+        if self.frequency_penalty:
+            sizes.append(self.frequency_context_size)
+        return max(sizes)
+
+
+NO_PROCESSORS = ProcessorSettings()
 
 
 @dataclass(frozen=True)
