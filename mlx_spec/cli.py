@@ -189,6 +189,7 @@ def serve(
     max_batch: int = typer.Option(8, "--max-batch", help="Most requests decoded together; more wait for a free row."),
     draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N, 0 to 32 (0: plain batched decoding)."),
     exact_verify: bool = typer.Option(False, "--exact-verify", help="Greedy output bit-identical to batched plain decoding."),
+    prompt_cache_gb: float = typer.Option(2.0, "--prompt-cache-gb", help="Memory for the prompt cache across requests (a resent conversation prefills only its new part; 0: off)."),
 ) -> None:
     """OpenAI-compatible server (POST /v1/chat/completions, /v1/completions; GET /v1/models, /health) with
     continuous batching and speculation on. Sampling fields a request leaves out come from the model's
@@ -201,11 +202,13 @@ def serve(
         raise MlxSpecError(f"--max-batch must be from 1 to 64 (got {max_batch}).")
     if not 0 < port < 65536:
         raise MlxSpecError(f"--port must be from 1 to 65535 (got {port}).")
+    if prompt_cache_gb < 0:
+        raise MlxSpecError(f"--prompt-cache-gb must be >= 0 (got {prompt_cache_gb}).")
     draft = _draft_settings(draft_tokens, exact_verify=exact_verify)
     pair, tokenizer = load(model, drafter)
     typer.echo(f"mlx-spec serve: {pair.target.name} + {pair.drafter.name if pair.drafter else 'no drafter'} on http://{host}:{port} "
                f"(max batch {max_batch}; measuring step costs first)")
-    run_server(pair, tokenizer, host, port, draft, max_batch)
+    run_server(pair, tokenizer, host, port, draft, max_batch, int(prompt_cache_gb * 2**30))
 
 
 @app.command()

@@ -32,6 +32,7 @@ from .core.batch import BatchEngine, BatchStats, RowOutput
 from .core.errors import MlxSpecError
 from .core.loading import SpeculativeModel, generation_defaults
 from .core.loop import SpecStats, check_token_ids
+from .core.prompt_cache import PromptCache
 from .core.sampling import Processors, make_strategy
 from .core.settings import NO_PROCESSORS, DraftSettings, ProcessorSettings, SamplingSettings
 from .generate import batch_policy_for
@@ -188,18 +189,22 @@ class Submission:
 class Worker:
     """Owns the BatchEngine: takes submissions, steps the batch, hands each row's tokens back."""
 
-    def __init__(self, model: SpeculativeModel, draft: DraftSettings, max_batch: int = 8, stop_tokens=()):
+    def __init__(self, model: SpeculativeModel, draft: DraftSettings, max_batch: int = 8, stop_tokens=(),
+                 prompt_cache_bytes: int = 2 << 30):
         drafter = model.draft_model if draft.k_max else None
         # one cost table per batch-size bucket, measured at start (greedy steps price the sampled ones too)
         policy = batch_policy_for(model, [SamplingSettings()], draft, drafter)
         policy.prepare(max_batch)
-        self.engine = BatchEngine(model.adapter, drafter, policy, exact_verify=draft.exact_verify)
+        self.prompt_cache = PromptCache(model.adapter, prompt_cache_bytes) if prompt_cache_bytes > 0 else None
+        self.engine = BatchEngine(model.adapter, drafter, policy, exact_verify=draft.exact_verify, prompt_cache=self.prompt_cache)
         # A few steps here, in the loading thread: arrays the model built lazily at load (RoPE tables,
         # scales) belong to this thread's MLX stream and must be evaluated before another thread uses them.
         self.engine.add([min(2, model.adapter.vocab_size - 1)], max_tokens=2 + draft.k_max)
         while self.engine.active:
             self.engine.step()
         self.engine.stats = BatchStats()
+        if self.prompt_cache is not None:
+            self.prompt_cache.clear()
         self.max_batch = max_batch
         self.stop_tokens = set(stop_tokens)
         self._cond = threading.Condition()
@@ -306,8 +311,10 @@ class TextStream:
 
 
 def usage(job: Job, stats: SpecStats, completion_tokens: int) -> dict:
+    """OpenAI's usage, with the prompt tokens the prompt cache supplied (not prefilled) as cached_tokens."""
     return {"prompt_tokens": len(job.prompt), "completion_tokens": completion_tokens,
-            "total_tokens": len(job.prompt) + completion_tokens}
+            "total_tokens": len(job.prompt) + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": stats.cached_prompt_tokens}}
 
 
 def speculative(stats: SpecStats) -> dict:
@@ -320,7 +327,7 @@ def error_body(message: str, param: Optional[str] = None, kind: str = "invalid_r
 
 
 def make_app(model: SpeculativeModel, tokenizer, draft: Optional[DraftSettings] = None, max_batch: int = 8,
-             model_name: Optional[str] = None):
+             model_name: Optional[str] = None, prompt_cache_bytes: int = 2 << 30):
     """The Starlette application (needs the `server` extra: starlette, uvicorn)."""
     try:
         from starlette.applications import Starlette
@@ -332,7 +339,7 @@ def make_app(model: SpeculativeModel, tokenizer, draft: Optional[DraftSettings] 
     name = model_name or model.target.name
     defaults = generation_defaults(model.target.path)
     stop_tokens = set(tokenizer.eos_token_ids)
-    worker = Worker(model, draft or DraftSettings(), max_batch, stop_tokens)
+    worker = Worker(model, draft or DraftSettings(), max_batch, stop_tokens, prompt_cache_bytes)
     target = model.adapter
 
     async def health(request):
@@ -454,10 +461,11 @@ async def _until_disconnected(request) -> None:
 
 
 def serve(model: SpeculativeModel, tokenizer, host: str = "127.0.0.1", port: int = 8080, draft: Optional[DraftSettings] = None,
-          max_batch: int = 8) -> None:
+          max_batch: int = 8, prompt_cache_bytes: int = 2 << 30) -> None:
     """Run the server with uvicorn until interrupted."""
     try:
         import uvicorn
     except ImportError:
         raise MlxSpecError('the server needs its extra: pip install "mlx-spec[server]" (starlette, uvicorn).') from None
-    uvicorn.run(make_app(model, tokenizer, draft, max_batch), host=host, port=port, log_level="info")
+    uvicorn.run(make_app(model, tokenizer, draft, max_batch, prompt_cache_bytes=prompt_cache_bytes), host=host, port=port,
+                log_level="info")

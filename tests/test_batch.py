@@ -235,3 +235,37 @@ def test_batch_generate_api(pairs, tiny):
         mlx_spec.batch_generate(model, tokenizer, [[2, 5, 10**6]], max_tokens=4)
     with pytest.raises(MlxSpecError, match="one per prompt"):
         mlx_spec.batch_generate(model, tokenizer, prompts, max_tokens=[3, 4])
+
+
+@pytest.mark.parametrize("variant", ("dense", "e2b"))
+def test_prompt_cache_reuses_the_longest_usable_prefix(pairs, variant):
+    """A request that extends an earlier one prefills only the new part (read from the finished row's
+    snapshot); one that leaves the earlier reply far back (past what the sliding layers still hold)
+    falls back to the prompt-end snapshot; outputs stay each prompt's plain greedy output; the cache
+    keeps to its byte budget, least recently used first."""
+    from mlx_spec.core.prompt_cache import PromptCache
+
+    pair = pairs[variant]
+    target, drafter = pair.adapter, pair.draft_model
+    cache = PromptCache(target, 1 << 30)
+    engine = BatchEngine(target, drafter, BatchPolicy(3, fixed=3), prompt_cache=cache)
+    [p1, extra] = make_prompts(target, (41, 9), seed=3)
+
+    def ask(prompt):
+        out, _ = run_engine(engine, [(prompt, 30, ())])
+        plain, margins = plain_reference(target, prompt, 30)
+        check_lossless(out[0], plain, margins, f"{variant} cached prefix", tolerance=tolerance_for(target))
+        return out[0], engine.stats.rows[-1].cached_prompt_tokens
+
+    a, cached = ask(p1)
+    assert cached == 0
+    _, cached = ask(p1 + a + extra[1:])
+    assert cached == len(p1) + len(a) - 1  # everything the target had read: prompt and reply but its last token
+    _, cached = ask(p1 + a[:10] + extra[1:])  # diverges 20 tokens back: deeper than the sliding layers' slack
+    assert cached == len(p1) + 10
+    assert 0 < cache.nbytes <= cache.max_bytes
+    first = next(iter(cache.entries))
+    cache.max_bytes = cache.nbytes - 1  # one snapshot too many: the least recently used one goes
+    other = tuple(range(5, 5 + len(first)))  # shares no prefix with anything held
+    cache.insert(other, cache.entries[first].layers)
+    assert first not in cache.entries and other in cache.entries and cache.nbytes <= cache.max_bytes

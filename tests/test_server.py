@@ -83,7 +83,9 @@ def test_concurrent_requests_decode_together_each_its_own_greedy_output(served):
         body = r.json()
         text, finish, n = reference(model, tokenizer, p, m)
         assert body["choices"][0]["text"] == text and body["choices"][0]["finish_reason"] == finish
-        assert body["usage"] == {"prompt_tokens": len(p), "completion_tokens": n, "total_tokens": len(p) + n}
+        usage = body["usage"]
+        assert (usage["prompt_tokens"], usage["completion_tokens"], usage["total_tokens"]) == (len(p), n, len(p) + n)
+        assert 0 <= usage["prompt_tokens_details"]["cached_tokens"] < len(p)
         spec = body["speculative"]
         assert spec["drafted"] > 0 and 0 <= spec["accepted"] <= spec["drafted"]
 
@@ -130,6 +132,27 @@ def test_penalties_and_logit_bias_on_the_speculative_path(served):
         if extra:
             assert body["speculative"]["drafted"] > 0
     assert len(texts) == len(settings)  # every processor changed the output
+
+
+def test_prompt_cache_prefills_only_the_new_turn(served):
+    """A client resending the conversation: the second turn reads the first turn's prompt (and as much of
+    the reply as its tokens match) from the prompt cache, and its reply is still the plain greedy one."""
+    model, tokenizer, app, _ = served
+    turn1 = [{"role": "user", "content": "tell me about the weather on the coast " * 3}]
+    prompt1 = list(tokenizer.apply_chat_template(turn1, add_generation_prompt=True, tokenize=True))
+    [r1] = post_all(app, "/v1/chat/completions", [{"messages": turn1, "max_tokens": 24, "temperature": 0}])
+    reply = r1.json()["choices"][0]["message"]["content"]
+    turn2 = turn1 + [{"role": "assistant", "content": reply}, {"role": "user", "content": "and tomorrow?"}]
+    prompt2 = list(tokenizer.apply_chat_template(turn2, add_generation_prompt=True, tokenize=True))
+    assert prompt2[: len(prompt1)] == prompt1
+    [r2, again] = [post_all(app, "/v1/chat/completions", [{"messages": turn2, "max_tokens": 24, "temperature": 0}])[0]
+                   for _ in range(2)]
+    text, _, n = reference(model, tokenizer, prompt2, 24)
+    for r in (r2, again):
+        assert r.json()["choices"][0]["message"]["content"] == text and r.json()["usage"]["completion_tokens"] == n
+    cached = r2.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert len(prompt1) <= cached < len(prompt2)  # the new turn (at least) was prefilled
+    assert again.json()["usage"]["prompt_tokens_details"]["cached_tokens"] == len(prompt2) - 1  # all but the last token
 
 
 def test_stop_string_ends_the_text_exactly_there(served):

@@ -12,6 +12,9 @@
     emit      per row, its n_b + 1 tokens (cut at its stop token or token limit); a finished row
               leaves the batch and frees its slot, and rows can be added and removed between steps.
 
+With a `PromptCache` (prompt_cache.py) a request prefills only what no earlier request's snapshot
+holds, and snapshots are kept when a prompt has been read and when a request finishes.
+
 As in the single-sequence loop (loop.py), a step is one lazy graph with one host synchronisation;
 plain steps (k = 0) are queued before the previous one is read, and the next block is queued before
 the step returns its outputs. The draft length is one k for the whole batch, chosen by `BatchPolicy`
@@ -33,6 +36,7 @@ from .draft import Drafter, propose_rows
 from .errors import MlxSpecError
 from .loop import SpecStats, check_token_ids, costs_from, emitted, prefill, synchronize, time_steps
 from .policy import Acceptance, BatchPolicy
+from .prompt_cache import PromptCache
 from .sampling import GREEDY, History, Processors, Strategy, accept_rows, draft_rows
 
 
@@ -83,6 +87,7 @@ class Row:
     """One request in the batch."""
 
     id: int
+    prompt: list[int]
     strategy: Strategy
     max_tokens: int
     stop: frozenset
@@ -178,7 +183,7 @@ class BatchEngine:
 
     def __init__(self, target, drafter: Optional[Drafter], policy: BatchPolicy, *, exact_verify: bool = False,
                  max_context: Optional[int] = None, prefill_step_size: int = 512, stats: Optional[BatchStats] = None,
-                 max_rollback: Optional[int] = None):
+                 max_rollback: Optional[int] = None, prompt_cache: Optional[PromptCache] = None):
         self.target, self.drafter = target, drafter
         self.policy = policy
         self.k_max = policy.k_max if drafter is not None else 0
@@ -188,6 +193,7 @@ class BatchEngine:
         self.stats = stats if stats is not None else BatchStats()
         self.slack = max_rollback if max_rollback is not None else max(1, self.k_max)
         self.caches = target.make_ragged_cache(max_rollback=self.slack)
+        self.prompt_cache = prompt_cache
         self.rows: list[Row] = []  # in the caches' batch order
         self.tokens: Optional[mx.array] = None  # [B] each row's last token, not yet read by the target
         self.hidden: Optional[mx.array] = None  # [B, 1, H] the hidden state that predicted it
@@ -220,7 +226,7 @@ class BatchEngine:
             raise MlxSpecError(f"a prompt has {len(prompt)} tokens, the model's context is {self.max_context}: shorten it.")
         if max_tokens <= 0:
             raise MlxSpecError(f"max_tokens must be at least 1 (got {max_tokens}).")
-        row = Row(self._next_id, strategy, int(max_tokens), frozenset(stop_tokens), SpecStats(), self.policy.new_row(),
+        row = Row(self._next_id, prompt, strategy, int(max_tokens), frozenset(stop_tokens), SpecStats(), self.policy.new_row(),
                   None if processors is None else History(processors, prompt))
         self._next_id += 1
         row.stats.prompt_tokens = len(prompt)
@@ -229,9 +235,14 @@ class BatchEngine:
         if moe is not None:
             moe.flush()  # count the queued steps' forwards first: only the prefill's go to prefill_expert_loads
             before = moe.loads
-        caches = self.target.make_cache(max_rollback=self.slack)
-        token, hidden = prefill(self.target, strategy, prompt, caches, self.prefill_step_size, row.stats, row.history)
+        caches, cached = self.prompt_cache.fetch(prompt, self.slack) if self.prompt_cache is not None else (None, 0)
+        if caches is None:
+            caches = self.target.make_cache(max_rollback=self.slack)
+        row.stats.cached_prompt_tokens = cached
+        token, hidden = prefill(self.target, strategy, prompt[cached:], caches, self.prefill_step_size, row.stats, row.history)
         mx.eval(token, hidden)
+        if self.prompt_cache is not None:
+            self.prompt_cache.insert_caches(prompt, caches)
         if moe is not None:
             moe.flush()
             self.stats.prefill_expert_loads += moe.loads - before
@@ -327,6 +338,11 @@ class BatchEngine:
         keep = [b for b, row in enumerate(self.rows) if not row.finished]
         if len(keep) == len(self.rows):
             return
+        if self.prompt_cache is not None:  # what a finished request's cache holds: its prompt and reply (as far as read)
+            for b, row in enumerate(self.rows):
+                if row.finish_reason in ("stop", "length"):
+                    tokens = row.prompt + row.tokens[:-1]
+                    self.prompt_cache.insert(tokens, [cache.row_state(b, len(tokens)) for cache in self.caches])
         for cache in self.caches:
             cache.keep_rows(keep)
         self.rows = [self.rows[b] for b in keep]

@@ -86,6 +86,12 @@ class RaggedKVCache:
             index = mx.array(rows, dtype=mx.int32)
             self.keys, self.values = self.keys[index], self.values[index]
 
+    def row_state(self, b: int, length: int) -> tuple[mx.array, mx.array, int]:
+        """Row b's keys [1, H, n, D], values and base for its positions [base, length) (a prompt-cache
+        snapshot, prompt_cache.py); `length` at most the row's own."""
+        end = length - self.bases[b]
+        return self.keys[b : b + 1, :, :end, :], self.values[b : b + 1, :, :end, :], self.bases[b]
+
     # -- what one forward sees --------------------------------------------------------------------
     def _span(self, N: int) -> tuple[int, int]:
         """Columns [start, end) the next N-token update returns: every row's visible keys."""

@@ -43,6 +43,7 @@ class SpecStats:
     """Counters and timings of one generation."""
 
     prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0  # of prompt_tokens, read from a prompt cache instead of prefilled
     generated: int = 0
     steps: int = 0  # verify passes after the prefill
     drafted: int = 0
