@@ -16,6 +16,7 @@ import mlx.core as mx
 from .core.batch import BatchEngine, BatchStats, measure_batch_step_costs
 from .core.errors import MlxSpecError
 from .core.loading import SpeculativeModel
+from .core.lookup import Lookup
 from .core.loop import SpecStats, measure_step_costs, speculative_generate_step
 from .core.policy import BatchPolicy, FixedPolicy, byte_costs, make_policy
 from .core.sampling import Processors, make_strategy
@@ -43,11 +44,14 @@ def policy_for(model: SpeculativeModel, sampling: SamplingSettings, draft: Draft
     (re-measured when the observed step time has drifted) and starting from the acceptance the last
     generation of that kind learned; or, when seeded, priced by weight bytes from a fresh start:
     timings vary run to run and would change k, hence the random draws, so a seeded run must not
-    depend on them or on earlier runs."""
-    if drafter is None:
+    depend on them or on earlier runs. drafter None with prompt lookup on: the policy of lookup
+    drafting alone (verify-only costs)."""
+    if drafter is None and not draft.lookup:
         return FixedPolicy(0)
     if not draft.adaptive:
         return make_policy(draft)
+    if drafter is None:
+        return make_policy(draft, verify_costs(model, sampling, draft))
     if sampling.seed is not None:
         return make_policy(draft, byte_costs(model.adapter, drafter, draft.k_max))
     key = (sampling.greedy, draft.exact_verify, draft.k_max)
@@ -60,6 +64,33 @@ def policy_for(model: SpeculativeModel, sampling: SamplingSettings, draft: Draft
         policy.remember(model.policies[key])
     model.policies[key] = policy
     return policy
+
+
+def verify_costs(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings):
+    """Step costs of verifying k drafts proposed on the host (prompt lookup: no drafter forward),
+    measured once per model and settings kind (bytes when seeded, as `policy_for`)."""
+    if sampling.seed is not None:
+        return byte_costs(model.adapter, None, draft.k_max)
+    key = ("verify", sampling.greedy, draft.exact_verify, draft.k_max)
+    costs = model.costs.get(key)
+    if costs is None or costs.stale:
+        measuring = make_strategy(replace(sampling, seed=0))
+        costs = model.costs[key] = measure_step_costs(model.adapter, None, draft.k_max, measuring, draft.exact_verify)
+    return costs
+
+
+def lookup_for(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings) -> Optional[Lookup]:
+    """A fresh prompt-lookup drafter for one generation (None when lookup is off), starting from the
+    acceptance per match length the last generation of this kind learned (not when seeded)."""
+    if not draft.lookup or draft.k_max == 0:
+        return None
+    lookup = Lookup(draft.k_max, costs=verify_costs(model, sampling, draft) if draft.adaptive else None)
+    if sampling.seed is None:
+        key = ("lookup", sampling.greedy, draft.k_max)
+        if key in model.policies:
+            lookup.remember(model.policies[key])
+        model.policies[key] = lookup
+    return lookup
 
 
 def processors_for(model: SpeculativeModel, settings: ProcessorSettings) -> Optional[Processors]:
@@ -85,10 +116,12 @@ def decode(model: SpeculativeModel, prompt: Sequence[int], sampling: SamplingSet
     drafter = drafter if drafter is not None else model.draft_model
     if draft.k_max == 0:
         drafter = None
+    if model.lookup and not draft.lookup:
+        draft = replace(draft, lookup=True)
     return speculative_generate_step(
         prompt, model.adapter, drafter, policy=policy_for(model, sampling, draft, drafter), strategy=make_strategy(sampling),
         processors=processors_for(model, processors), exact_verify=draft.exact_verify, max_tokens=max_tokens,
-        stop_tokens=stop, stats=stats, cache=cache, max_context=max_context,
+        stop_tokens=stop, stats=stats, cache=cache, max_context=max_context, lookup=lookup_for(model, sampling, draft),
     )
 
 
@@ -116,6 +149,7 @@ def stream_generate(
     draft_tokens: Union[int, str] = "auto",
     max_draft_tokens: int = 8,
     exact_verify: bool = False,
+    lookup: bool = False,
     temp: float = 0.0,
     top_p: float = 0.0,
     top_k: int = 0,
@@ -140,13 +174,14 @@ def stream_generate(
 
     draft_tokens: "auto" (adaptive, up to max_draft_tokens; may choose plain decoding) or a fixed k
     (0: plain decoding through the same loop). exact_verify: greedy output bit-identical to plain
-    decoding on any backend (see README). logit_bias ({token id: bias}), the penalties and their
+    decoding on any backend (see README). lookup: prompt-lookup drafting beside the MTP drafter (load
+    with drafter="lookup" for lookup alone). logit_bias ({token id: bias}), the penalties and their
     context sizes, and `logits_processors` (mlx-lm-style callables) as mlx-lm's make_logits_processors /
     generate_step define them, applied at every drafted position. `sampling` / `draft` / `processors`
     objects replace the keywords.
     """
     sampling = sampling or SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
-    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify)
+    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify, lookup)
     processors = processor_settings(processors, logits_processors, logit_bias=logit_bias, repetition_penalty=repetition_penalty,
                                     repetition_context_size=repetition_context_size, presence_penalty=presence_penalty,
                                     presence_context_size=presence_context_size, frequency_penalty=frequency_penalty,

@@ -262,6 +262,7 @@ class SpeculativeModel:
     target: LoadedModel
     drafter: Optional[LoadedModel]
     adapter: Target = field(init=False)
+    lookup: bool = False  # loaded with drafter "lookup": prompt-lookup drafting, no MTP drafter
     costs: dict = field(default_factory=dict)  # measured step costs, by (greedy, exact verify, k_max)
     policies: dict = field(default_factory=dict)  # the last adaptive policy, same keys: acceptance carried over
 
@@ -319,12 +320,17 @@ def model_folders(model: str | os.PathLike) -> tuple[str, Optional[str]]:
     return str(model), None
 
 
+LOOKUP = "lookup"  # the drafter name of prompt-lookup drafting (core/lookup.py)
+
+
 def load_pair(model: str | os.PathLike, drafter: str | os.PathLike | None = None, lazy: bool = False) -> SpeculativeModel:
     """Load a target and its drafter and check that they fit. With drafter None, use the drafter
     beside a demo target, or the released assistant for a released target's hub id; another local
-    target needs an explicit drafter."""
+    target needs an explicit drafter. drafter "lookup": prompt-lookup drafting alone (any target)."""
     model, beside = model_folders(model)
     target = load_target(model, lazy=lazy)
+    if str(drafter) == LOOKUP:  # prompt lookup only: no weights to load
+        return SpeculativeModel(target, None, lookup=True)
     drafter = drafter if drafter is not None else (beside or default_drafter(str(model)))
     if drafter is None:
         raise ModelFilesError(

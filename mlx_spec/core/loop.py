@@ -35,6 +35,7 @@ from .cache import rollback_slack, trim_all
 from .draft import Drafter, propose, target_position
 from .errors import MlxSpecError
 from .policy import FixedPolicy, MoECosts, StepCosts
+from .lookup import Lookup, best_lookup, one_hot_logits
 from .sampling import GREEDY, History, Processors, Strategy
 
 
@@ -50,6 +51,9 @@ class SpecStats:
     accepted: int = 0
     target_forwards: int = 0  # prefill chunks + verify passes (an exact verify of k + 1 rows counts once)
     drafter_forwards: int = 0
+    lookup_steps: int = 0  # steps whose drafts came from prompt lookup (lookup.py), not the MTP drafter
+    lookup_drafted: int = 0
+    lookup_accepted: int = 0
     drafted_per_position: list[int] = field(default_factory=list)
     accepted_per_position: list[int] = field(default_factory=list)
     accepted_per_step: list[int] = field(default_factory=list)
@@ -61,13 +65,17 @@ class SpecStats:
     decode_time: float = 0.0  # first token read -> last step read
     step_seconds: list[float] = field(default_factory=list)  # per step: host sync to host sync
 
-    def record_step(self, drafts: list[int], n: int, seconds: float) -> None:
+    def record_step(self, drafts: list[int], n: int, seconds: float, lookup: bool = False) -> None:
         k = len(drafts)
+        if lookup:
+            self.lookup_steps += 1
+            self.lookup_drafted += k
+            self.lookup_accepted += n
         self.drafts_per_step.append(drafts)
         self.steps += 1
         self.drafted += k
         self.accepted += n
-        self.drafter_forwards += k
+        self.drafter_forwards += 0 if lookup else k
         self.target_forwards += 1
         self.accepted_per_step.append(n)
         self.step_seconds.append(seconds)
@@ -132,19 +140,27 @@ class Block:
     hidden: mx.array  # [1, 1, H]
     expert_mark: int  # MoE: tracker forwards built up to and including this block
     context: Optional[mx.array] = None  # with logits processors: the history up to the input token
+    match: int = 0  # a prompt-lookup block: the length of the n-gram match its drafts continue (0: MTP or plain)
 
 
 def build_block(target, drafter: Optional[Drafter], strategy: Strategy, cache: list, token: mx.array,
-                hidden: mx.array, k: int, exact: bool = False, history: Optional[History] = None) -> Block:
+                hidden: mx.array, k: int, exact: bool = False, history: Optional[History] = None,
+                given: Optional[list[int]] = None, match: int = 0) -> Block:
     """Queue draft k -> verify [token, d1..dk] -> accept on the device (mx.async_eval); read nothing.
     With `history` (logits processors), every position's target and drafter logits are processed with
-    the tokens before it; a plain block extends the history at once, a speculative one when it is read."""
+    the tokens before it; a plain block extends the history at once, a speculative one when it is read.
+    `given`: drafts proposed on the host (prompt lookup, n-gram match of length `match`), one-hot q."""
     with mx.stream(generation_stream):
         context = process = None
         if history is not None:
             context = history.context(token)
             process = lambda logits, drafted: history.draft(context, drafted, logits)  # noqa: E731
-        if k:
+        if given is not None:
+            k = len(given)
+            drafts = mx.array(given, dtype=mx.int32)
+            draft_logits = None if strategy is GREEDY else one_hot_logits(drafts, target.vocab_size)
+            inputs = mx.concatenate([token.astype(mx.int32), drafts])[None]
+        elif k:
             drafts, draft_logits = propose(drafter, target, cache, token, hidden, k, strategy.draft, process)
             inputs = mx.concatenate([token.astype(mx.int32), drafts])[None]
         else:
@@ -161,7 +177,7 @@ def build_block(target, drafter: Optional[Drafter], strategy: Strategy, cache: l
     if history is not None and k == 0:
         history.advance(context, [])
     mark = target.moe.pending if target.moe is not None else 0
-    block = Block(k, drafts, n, next_token, kept, mark, context)
+    block = Block(k, drafts, n, next_token, kept, mark, context, match)
     mx.async_eval(block.drafts, block.accepted, block.next_token, block.hidden)
     return block
 
@@ -209,11 +225,14 @@ def speculative_generate_step(
     max_context: Optional[int] = None,
     stats: Optional[SpecStats] = None,
     cache: Optional[list] = None,
+    lookup: Optional[Lookup] = None,
 ) -> Generator[tuple[int, bool], None, None]:
     """Yield (token, from_draft) for up to `max_tokens` target tokens; stops after a stop token
     (which is yielded). from_draft: the token was a draft the target accepted.
 
     The draft length comes from `policy` (policy.FixedPolicy / AdaptivePolicy), or is `draft_tokens`.
+    `lookup` (lookup.Lookup, fresh per generation) adds prompt-lookup drafting, alone (drafter None) or
+    beside the MTP drafter: each step drafts from whichever promises more tokens per second.
     `processors` (sampling.Processors: logit bias, penalties) shape every position's distribution; the
     history they read starts at `prompt`, as in mlx-lm's generate_step.
     `cache` (from target.make_cache) continues a conversation: `prompt` is then only the new tokens;
@@ -225,7 +244,7 @@ def speculative_generate_step(
     stats = stats if stats is not None else SpecStats()
     stop = set(stop_tokens)
     max_context = max_context or target.max_context
-    if drafter is None:
+    if drafter is None and lookup is None:
         policy = FixedPolicy(0)
     elif policy is None:
         policy = FixedPolicy(draft_tokens)
@@ -247,7 +266,9 @@ def speculative_generate_step(
     stats.prompt_tokens = len(prompt)
     try:
         history = History(processors, prompt) if processors is not None else None
-        yield from _decode(prompt, target, drafter, policy, strategy, history, exact_verify, max_tokens, stop,
+        if lookup is not None:
+            lookup.extend(prompt)
+        yield from _decode(prompt, target, drafter, policy, strategy, history, lookup, exact_verify, max_tokens, stop,
                            prefill_step_size, max_context, stats, cache)
     finally:
         # Forget what was processed past the last yielded token (a stop mid-block, a close, a queued block).
@@ -278,8 +299,8 @@ def prefill(target, strategy, prompt, cache, step_size, stats, history: Optional
     return token, hidden
 
 
-def _decode(prompt, target, drafter, policy, strategy, history, exact, max_tokens, stop, prefill_step_size, max_context,
-            stats, cache):
+def _decode(prompt, target, drafter, policy, strategy, history, lookup, exact, max_tokens, stop, prefill_step_size,
+            max_context, stats, cache):
     """The loop proper (see the module docstring); `speculative_generate_step` sets it up."""
     t0 = time.perf_counter()
     if target.moe is not None:
@@ -287,13 +308,19 @@ def _decode(prompt, target, drafter, policy, strategy, history, exact, max_token
     token, hidden = prefill(target, strategy, prompt, cache, prefill_step_size, stats, history)
     prefill_mark = target.moe.pending if target.moe is not None else 0
 
-    def queue(token, hidden, yielded_before: int) -> Optional[Block]:
-        """The next block, drafting as many as the policy wants and the token limit and context allow."""
+    def queue(token, hidden, yielded_before: int, known: bool = False) -> Optional[Block]:
+        """The next block, drafting as many as the policy wants and the token limit and context allow;
+        from prompt lookup when `token` is known on the host and a lookup draft promises more."""
         room = max_context - target_position(cache) - 1  # the verify writes positions position .. position + k
         wanted = max_tokens - yielded_before - 1  # drafts beyond this could never be yielded
         if room < 0 or wanted < 0:
             return None
-        k = max(0, min(policy.choose(), wanted, room))
+        k = max(0, min(policy.choose() if drafter is not None or lookup is None else 0, wanted, room))
+        if lookup is not None and known:
+            proposal, n = lookup.propose()
+            kl = lookup_length(policy, lookup, proposal[: max(0, min(wanted, room))], n, k, drafter is not None)
+            if kl:
+                return build_block(target, drafter, strategy, cache, token, hidden, kl, exact, history, proposal[:kl], n)
         return build_block(target, drafter, strategy, cache, token, hidden, k, exact, history)
 
     block = queue(token, hidden, 1)
@@ -311,17 +338,27 @@ def _decode(prompt, target, drafter, policy, strategy, history, exact, max_token
         return
 
     owed = 0.0  # graph-building time of the block being read, already charged to the step before it
+    if lookup is not None:
+        lookup.extend([first])
     while block is not None:
         ahead = None
-        if block.k == 0:  # plain step: nothing to roll back, so queue the next one before reading this one
+        if block.k == 0 and not (lookup is not None and lookup.index.match()[0]):
+            # plain step: nothing to roll back, so queue the next one before reading this one (unless the
+            # context repeats itself: then the next step may draft by lookup, which needs this one's token)
             ahead = queue(block.next_token, block.hidden, generated + 1)
         n, drafts, next_token = read_block(block, target)
         now = time.perf_counter()
         interval, last_read = now - last_read, now
-        policy.update(block.k, n)
+        if block.match:
+            lookup.update(block.match, block.k, n)
+            policy.update(0, 0)
+        else:
+            policy.update(block.k, n)
+        if lookup is not None:
+            lookup.extend(drafts[:n] + [next_token])
         if history is not None and block.k:
             history.advance(block.context, drafts[:n])
-        stats.record_step(drafts, n, interval)
+        stats.record_step(drafts, n, interval, lookup=bool(block.match))
         if block.k:
             trim_all(cache, block.k - n)  # rollback: forget the rejected drafts
         if target.moe is not None:
@@ -333,9 +370,12 @@ def _decode(prompt, target, drafter, policy, strategy, history, exact, max_token
         bubble = 0.0
         if not finished and ahead is None:  # the device idles while the next graph is built: a cost of this step
             t0 = time.perf_counter()
-            ahead = queue(block.next_token, block.hidden, generated + end)
+            ahead = queue(block.next_token, block.hidden, generated + end, known=True)
             bubble = time.perf_counter() - t0
-        policy.observe(block.k, interval - owed + bubble)
+        if block.match:
+            lookup.observe(block.k, interval - owed + bubble)
+        else:
+            policy.observe(block.k, interval - owed + bubble)
         owed = bubble
         for i in range(end):
             generated = stats.generated = generated + 1
@@ -343,6 +383,19 @@ def _decode(prompt, target, drafter, policy, strategy, history, exact, max_token
         if finished:
             return
         block = ahead
+
+
+def lookup_length(policy, lookup: Lookup, proposal: list[int], n: int, k: int, mtp: bool) -> int:
+    """How many of a prompt-lookup proposal to draft this step (0: draft as the policy chose, k).
+    Adaptive: the lookup length with the best expected tokens per second (lookup acceptance for this
+    match length, verify-only step costs) if that beats the MTP drafter's k (or plain decoding). Fixed k:
+    the proposal up to k, when it is at least as long as k or there is no MTP drafter."""
+    if not proposal:
+        return 0
+    if not hasattr(policy, "rate"):  # a fixed k
+        return min(len(proposal), policy.k) if (len(proposal) >= policy.k or not mtp) else 0
+    kl, rate = best_lookup(lookup, proposal, n, lookup.costs.step if lookup.costs is not None else policy.costs.step)
+    return kl if rate > policy.rate(k) else 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,7 +406,7 @@ def measure_step_costs(target, drafter: Drafter, k_max: int, strategy: Strategy 
                        repeats: int = 7, warmup: int = 2, context: int = 64, plain_run: int = 8):
     """Warm-up cost table: seconds of one whole step drafting k = 0..k_max, timed on the real step
     (`build_block` + `read_block` + rollback) over a scratch cache holding `context` tokens; the real
-    cache is not touched. Plain steps are timed pipelined, `plain_run` in a row, as the loop runs
+    cache is not touched. drafter None: steps verifying k drafts given on the host (prompt lookup). Plain steps are timed pipelined, `plain_run` in a row, as the loop runs
     them. Each k: `warmup` untimed runs (compilation, allocation), then the median of `repeats`.
     MoE targets get `MoECosts`, which later corrects for the experts real text routes to."""
     rng = np.random.RandomState(0)
@@ -377,7 +430,8 @@ def measure_step_costs(target, drafter: Drafter, k_max: int, strategy: Strategy 
         trim_all(cache, plain_run)
 
     def spec(k, i):
-        read_block(build_block(target, drafter, strategy, cache, tokens[i % len(tokens)], hidden, k, exact), target)
+        given = None if drafter is not None else [int(t.item()) for t in tokens[i % 32 + 1 : i % 32 + 1 + k]]
+        read_block(build_block(target, drafter, strategy, cache, tokens[i % len(tokens)], hidden, k, exact, given=given), target)
         trim_all(cache, k + 1)
 
     return costs_from(target, time_steps(plain, spec, k_max, warmup, repeats, plain_run))

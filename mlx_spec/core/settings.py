@@ -142,11 +142,14 @@ class DraftSettings:
     """draft_tokens: "auto" (the policy picks k in 0..max_draft_tokens each step, 0 being plain
     decoding) or a fixed k (0: plain decoding through the same loop). exact_verify: verify every
     draft with the same 1-row forward plain decoding runs, so greedy output equals plain greedy
-    decoding bit for bit on any backend (costs the speedup, see README)."""
+    decoding bit for bit on any backend (costs the speedup, see README). lookup: also draft by
+    prompt lookup (copying what followed the context's suffix earlier), each step from whichever
+    source promises more tokens per second."""
 
     draft_tokens: Union[int, str] = "auto"
     max_draft_tokens: int = 8
     exact_verify: bool = False
+    lookup: bool = False  # prompt-lookup drafting (lookup.py): alone without an MTP drafter, else beside it
 
     def __post_init__(self):
         k = self.draft_tokens
@@ -177,4 +180,4 @@ class DraftSettings:
         return self.max_draft_tokens if self.adaptive else int(self.draft_tokens)
 
     def label(self) -> str:
-        return "auto" if self.adaptive else str(self.draft_tokens)
+        return ("auto" if self.adaptive else str(self.draft_tokens)) + ("+lookup" if self.lookup else "")

@@ -1,0 +1,121 @@
+"""Prompt-lookup drafting: propose what followed the latest earlier occurrence of the context's suffix.
+
+No weights. Text a local app asks for often repeats its context (code edits, rewrites, answers over a
+pasted document, JSON keys, a model looping on a line): the continuation of the longest recent n-gram
+match in prompt + output is then accepted at high rates, at the cost of a verify only.
+
+- `NgramIndex`: for every n-gram length 1..max_ngram, the latest position each n-gram was followed
+  by a token; `propose(k)` finds the longest suffix of the history seen before and returns up to k
+  tokens that followed it there, with the match length.
+- `Lookup`: the index of one sequence plus online acceptance per match length (`policy.Acceptance`),
+  so a step can price a lookup draft against the MTP drafter's (expected tokens per second).
+
+A lookup draft is a deterministic function of the history: its proposal distribution q is one-hot
+(`one_hot_logits`), so speculative rejection sampling accepts draft x with probability p(x) and
+resamples from p without x at a rejection: the output follows p exactly, as with any drafter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+import mlx.core as mx
+
+from .policy import Acceptance
+
+MAX_NGRAM = 4
+MIN_NGRAM = 2  # single-token matches propose noise on most text
+
+
+class NgramIndex:
+    """Incremental n-gram index over a token history."""
+
+    def __init__(self, max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM):
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.tokens: list[int] = []
+        self.next_after: list[dict] = [dict() for _ in range(max_ngram + 1)]  # n -> {n-gram: index of the token after it}
+
+    def extend(self, tokens) -> None:
+        for t in tokens:
+            i = len(self.tokens)  # t lands at index i: every n-gram ending at i - 1 was followed by it
+            for n in range(1, min(self.max_ngram, i) + 1):
+                self.next_after[n][tuple(self.tokens[i - n : i])] = i
+            self.tokens.append(int(t))
+
+    def match(self) -> tuple[int, int]:
+        """(n, start): the longest suffix n-gram (n >= min_ngram) seen before, and where what followed it
+        starts; (0, -1) if none."""
+        L = len(self.tokens)
+        for n in range(min(self.max_ngram, L - 1), self.min_ngram - 1, -1):
+            start = self.next_after[n].get(tuple(self.tokens[L - n :]))
+            if start is not None:
+                return n, start
+        return 0, -1
+
+    def propose(self, k: int) -> tuple[list[int], int]:
+        """k tokens that followed the longest earlier match of the suffix, and its length n. A match
+        close behind (text repeating with period L - start) is copied with overlap, as LZ77 does: the
+        proposal continues into its own tokens, so a repeating run is drafted k ahead, not one."""
+        n, start = self.match()
+        if n == 0:
+            return [], 0
+        seq, L = self.tokens, len(self.tokens)
+        out = []
+        for j in range(k):
+            i = start + j
+            out.append(seq[i] if i < L else out[i - L])
+        return out, n
+
+
+@dataclass
+class Lookup:
+    """One sequence's prompt-lookup drafter: its n-gram index and acceptance per match length."""
+
+    k_max: int
+    max_ngram: int = MAX_NGRAM
+    min_ngram: int = MIN_NGRAM
+    costs: object = None  # policy.StepCosts of verify-only steps (no drafter), k = 0..k_max; None: the policy's
+    index: NgramIndex = None
+    seen: dict = field(default_factory=dict)  # match length n -> Acceptance
+
+    def __post_init__(self):
+        self.index = NgramIndex(self.max_ngram, self.min_ngram)
+        self.seen = {n: Acceptance(self.k_max, prior=0.6) for n in range(self.min_ngram, self.max_ngram + 1)}
+
+    def extend(self, tokens) -> None:
+        self.index.extend(tokens)
+
+    def propose(self) -> tuple[list[int], int]:
+        return self.index.propose(self.k_max)
+
+    def expected_tokens(self, n: int, k: int) -> float:
+        return self.seen[n].expected_tokens(k)
+
+    def update(self, n: int, k: int, accepted: int) -> None:
+        self.seen[n].update(k, accepted)
+
+    def observe(self, k: int, seconds: float) -> None:
+        if self.costs is not None:
+            self.costs.observe(k, seconds)
+
+    def remember(self, previous: "Lookup") -> None:
+        for n, seen in previous.seen.items():
+            if n in self.seen:
+                self.seen[n].remember(seen)
+
+
+def one_hot_logits(drafts: mx.array, vocab_size: int) -> mx.array:
+    """drafts [k] -> logits [k, V] of the one-hot distribution a lookup draft was 'sampled' from."""
+    k = drafts.shape[0]
+    logits = mx.full((k, vocab_size), -1e9, dtype=mx.float32)
+    return mx.put_along_axis(logits, drafts.reshape(k, 1).astype(mx.int32), mx.zeros((k, 1), mx.float32), axis=-1)
+
+
+def best_lookup(lookup: Lookup, proposal: list[int], n: int, cost) -> tuple[int, float]:
+    """The draft length (<= len(proposal)) with the best expected tokens per second, and that rate."""
+    if not proposal:
+        return 0, 0.0
+    k = max(range(1, len(proposal) + 1), key=lambda k: lookup.expected_tokens(n, k) / cost(k))
+    return k, lookup.expected_tokens(n, k) / cost(k)
+
+
+__all__ = ["NgramIndex", "Lookup", "one_hot_logits", "best_lookup", "MAX_NGRAM", "MIN_NGRAM"]

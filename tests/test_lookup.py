@@ -1,0 +1,117 @@
+"""Prompt-lookup drafting: the n-gram index, losslessness (greedy past the window, alone and beside the
+MTP drafter), exact sampling with one-hot proposals, and the per-step choice between the two sources."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from tabular import TabularTarget, chi_square, chi_square_critical, empirical
+from ties import check_lossless, plain_reference, tolerance_for
+from mlx_spec.core.loading import load_pair
+from mlx_spec.core.lookup import Lookup, NgramIndex
+from mlx_spec.core.loop import SpecStats, lookup_length, speculative_generate_step, token_ids
+from mlx_spec.core.policy import AdaptivePolicy, FixedPolicy, StepCosts
+from mlx_spec.core.sampling import Distribution, SamplingSettings, make_strategy
+
+
+def test_index_finds_the_longest_earlier_match_and_copies_runs_with_overlap():
+    index = NgramIndex(max_ngram=3, min_ngram=2)
+    index.extend([5, 6, 7, 8, 1, 6, 7, 9, 2, 5, 6, 7])
+    assert index.propose(3) == ([8, 1, 6], 3)  # "5 6 7" was followed by "8 1 6" (the 2-gram "6 7" by 9 more recently)
+    index = NgramIndex(max_ngram=3, min_ngram=2)
+    index.extend([1, 2, 3, 4, 9, 9, 1, 2, 3])
+    assert index.propose(4) == ([4, 9, 9, 1], 3)
+    index.extend([7])  # "3 7": never seen
+    assert index.propose(4) == ([], 0)
+    index = NgramIndex()
+    index.extend([4, 8, 8, 8, 8])  # a run: the latest match is one token back, copied with overlap
+    assert index.propose(5) == ([8, 8, 8, 8, 8], 3)
+    index = NgramIndex()
+    index.extend([3, 1, 2, 1, 2, 1])  # period 2
+    assert index.propose(5)[0] == [2, 1, 2, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny):
+    return {v: load_pair(tiny / v / "target", tiny / v / "drafter-trained") for v in ("dense", "e2b")}
+
+
+def repetitive_prompt(target, seed=0):
+    """A random phrase said twice and begun a third time, longer than 3 sliding windows."""
+    rng = np.random.RandomState(seed)
+    phrase = rng.randint(5, target.vocab_size, size=2 * target.sliding_window).tolist()
+    return [2] + phrase + phrase + phrase[: target.sliding_window]
+
+
+@pytest.mark.parametrize("variant", ("dense", "e2b"))
+def test_lookup_is_lossless_past_the_window(pairs, variant):
+    """Lookup alone (fixed k and auto) and beside the MTP drafter: token for token plain greedy, 150
+    tokens crossing the tiny window ~20 times, with lookup drafts both accepted and rejected."""
+    pair = pairs[variant]
+    target, drafter = pair.adapter, pair.draft_model
+    prompt = repetitive_prompt(target)
+    plain, margins = plain_reference(target, prompt, 150)
+    accepted = rejected = 0
+    for name, d, policy in [("lookup k=4", None, FixedPolicy(4)),
+                            ("lookup auto", None, AdaptivePolicy(6, StepCosts([1.0] * 7, smoothing=0))),
+                            ("mtp+lookup auto", drafter, AdaptivePolicy(6, StepCosts([1.0 + 0.15 * k for k in range(7)], smoothing=0)))]:
+        stats = SpecStats()
+        out = token_ids(speculative_generate_step(prompt, target, d, policy=policy, max_tokens=150, stats=stats,
+                                                  lookup=Lookup(policy.k_max)))
+        check_lossless(out, plain, margins, f"{variant} {name}", tolerance=tolerance_for(target))
+        assert stats.lookup_steps > 0 and stats.generated == 150
+        accepted += stats.lookup_accepted
+        rejected += stats.lookup_drafted - stats.lookup_accepted
+        if d is None:
+            assert stats.drafter_forwards == 0
+    assert accepted > 0 and rejected > 0
+
+
+def test_sampling_with_one_hot_lookup_proposals_is_exact():
+    """A lookup draft's q is one-hot: rejection sampling must still give exactly the target's
+    distribution (chi-square on the joint of the first three tokens; the check fails against another
+    temperature's distribution, so it can fail)."""
+    V, prompt = 5, [1, 3, 1, 3, 1]
+    target = TabularTarget(V, seed=2)
+    settings = SamplingSettings(temp=0.9)
+    exact = target.exact_joint(prompt, 3, Distribution(settings))
+    strategy = make_strategy(replace(settings, seed=9))
+    samples, drafted, accepted = [], 0, 0
+    for _ in range(1500):
+        stats = SpecStats()
+        out = token_ids(speculative_generate_step(prompt, target, None, policy=FixedPolicy(2), max_tokens=4, strategy=strategy,
+                                                  stats=stats, lookup=Lookup(2, min_ngram=1)))
+        samples.append(tuple(out[:3]))
+        drafted += stats.lookup_drafted
+        accepted += stats.lookup_accepted
+    assert 0 < accepted < drafted
+    stat, df = chi_square(empirical(samples), exact, len(samples))
+    assert stat < chi_square_critical(df), (stat, df)
+    other = target.exact_joint(prompt, 3, Distribution(SamplingSettings(temp=0.4)))
+    stat, df = chi_square(empirical(samples), other, len(samples))
+    assert stat > chi_square_critical(df), (stat, df)
+
+
+def test_each_step_drafts_from_the_source_that_promises_more():
+    costs = StepCosts([1.0, 1.3, 1.4, 1.5, 1.6])  # MTP steps: drafter forwards cost
+    policy = AdaptivePolicy(4, costs)
+    lookup = Lookup(4, costs=StepCosts([1.0, 1.05, 1.1, 1.15, 1.2]))  # verify only
+    proposal = [7, 8, 9, 10]
+    for _ in range(30):  # lookup drafts at match length 3 accepted, the MTP drafter's rejected
+        lookup.update(3, 4, 4)
+        policy.update(4, 0)
+    k = policy.choose()
+    assert lookup_length(policy, lookup, proposal, 3, k, mtp=True) == 4
+    assert lookup_length(policy, lookup, proposal[:2], 3, k, mtp=True) == 2  # a shorter proposal: what it has
+    assert lookup_length(policy, lookup, [], 0, k, mtp=True) == 0
+    for _ in range(60):  # now the other way round
+        lookup.update(3, 4, 0)
+        policy.update(4, 4)
+    assert lookup_length(policy, lookup, proposal, 3, policy.choose(), mtp=True) == 0
+    # a fixed k: lookup when its proposal is that long (or there is no MTP drafter)
+    assert lookup_length(FixedPolicy(3), lookup, proposal, 3, 3, mtp=True) == 3
+    assert lookup_length(FixedPolicy(3), lookup, proposal[:2], 3, 3, mtp=True) == 0
+    assert lookup_length(FixedPolicy(3), lookup, proposal[:2], 3, 0, mtp=False) == 2
