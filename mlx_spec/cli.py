@@ -393,7 +393,7 @@ def bench_serve(
     prompts: Optional[str] = typer.Option(None, "--prompts", help="JSON lines: name, prompt (default: the bundled set)."),
     draft_tokens: str = typer.Option("auto", "--draft-tokens", help="The speculating server's --draft-tokens (the other runs 0)."),
     max_batch: int = typer.Option(8, "--max-batch", help="Both servers' --max-batch."),
-    startup_timeout: float = typer.Option(300.0, "--startup-timeout", help="Seconds to wait for each server's /health."),
+    startup_timeout: float = typer.Option(600.0, "--startup-timeout", help="Seconds to wait for each server's /health (with --draft-tokens auto the server first measures step costs at every batch size: minutes on a CPU)."),
     out: str = typer.Option("bench/serve", "--out", help="Folder for serve_results.json, serve_results.md and serve_bench.png."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bar."),
 ) -> None:

@@ -114,7 +114,7 @@ def decode(model: SpeculativeModel, prompt: Sequence[int], sampling: SamplingSet
     """The loop with the strategy, processors and policy these settings mean: yields (token, from_draft).
     `drafter` overrides the model's own (the benchmark's controlled-acceptance wrapper)."""
     drafter = drafter if drafter is not None else model.draft_model
-    if draft.k_max == 0:
+    if draft.k_max == 0 or not draft.mtp:
         drafter = None
     if model.lookup and not draft.lookup:
         draft = replace(draft, lookup=True)

@@ -150,6 +150,7 @@ class DraftSettings:
     max_draft_tokens: int = 8
     exact_verify: bool = False
     lookup: bool = False  # prompt-lookup drafting (lookup.py): alone without an MTP drafter, else beside it
+    mtp: bool = True  # False: no MTP drafter even if the model has one (lookup alone)
 
     def __post_init__(self):
         k = self.draft_tokens
@@ -160,14 +161,20 @@ class DraftSettings:
 
     @classmethod
     def parse(cls, text: str, **kwargs) -> "DraftSettings":
-        """From the command line's `auto` or `N`."""
+        """From the command line's `auto` or `N`; `lookup-auto` / `lookup-N`: prompt lookup alone;
+        `auto+lookup` / `N+lookup`: both sources."""
         text = str(text).strip()
+        if text.startswith("lookup-"):
+            return cls.parse(text.removeprefix("lookup-"), **kwargs, lookup=True, mtp=False)
+        if text.endswith("+lookup"):
+            return cls.parse(text.removesuffix("+lookup"), **kwargs, lookup=True)
         if text == "auto":
             return cls("auto", **kwargs)
         try:
             k = int(text)
         except ValueError:
-            raise MlxSpecError(f"--draft-tokens takes auto or a number from 0 to {MAX_DRAFT_TOKENS} (got {text!r}).") from None
+            raise MlxSpecError(f"--draft-tokens takes auto or a number from 0 to {MAX_DRAFT_TOKENS}, optionally as lookup-K "
+                               f"(prompt lookup alone) or K+lookup (both) (got {text!r}).") from None
         return cls(k, **kwargs)
 
     @property
@@ -180,4 +187,7 @@ class DraftSettings:
         return self.max_draft_tokens if self.adaptive else int(self.draft_tokens)
 
     def label(self) -> str:
-        return ("auto" if self.adaptive else str(self.draft_tokens)) + ("+lookup" if self.lookup else "")
+        k = "auto" if self.adaptive else str(self.draft_tokens)
+        if self.lookup:
+            return f"{k}+lookup" if self.mtp else f"lookup-{k}"
+        return k

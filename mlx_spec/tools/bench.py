@@ -158,7 +158,7 @@ class Bench:
     def _once(self, ids, draft: DraftSettings, plain_tokens=None, seed=0) -> tuple[list[int], SpecStats, float, float]:
         stats = SpecStats()
         drafter = self.model.draft_model
-        if self.alpha is not None and plain_tokens is not None and draft.k_max:
+        if self.alpha is not None and plain_tokens is not None and draft.k_max and drafter is not None:
             drafter = ControlledDrafter(drafter, ids + plain_tokens, self.alpha, seed=seed)
         # unseeded: a seed would make the adaptive policy price steps by weight bytes instead of timings
         steps = decode(self.model, ids, SamplingSettings(temp=self.temp), draft, max_tokens=self.max_tokens,
@@ -172,8 +172,9 @@ class Bench:
         return tokens, stats, total, mx.get_peak_memory() / 1e9
 
     def run(self, progress: bool = True) -> dict:
-        if self.model.drafter is None:
-            raise MlxSpecError("bench compares plain and speculative decoding: give a drafter.")
+        if self.model.drafter is None and any(c.mtp and not self.model.lookup for c in self.configs):
+            raise MlxSpecError("bench compares plain and speculative decoding: give a drafter (or --drafter lookup "
+                               "with lookup-K configs).")
         bar = progress_bar(len(self.prompts) * self.repeats * (1 + len(self.configs) + len(self.peers)), "bench", progress)
         warm = self.prompts[0]["ids"]
         for draft in [PLAIN, *self.configs]:  # compilation, allocation, the adaptive policy's cost table
@@ -210,12 +211,12 @@ class Bench:
             bar.close()
         return self.summary()
 
-    def summary(self) -> dict:
-        plain = {(r.prompt, r.repeat): r for r in self.runs if r.config == "plain"}
+    def _rows(self, runs_of: list[Run]) -> list[dict]:
+        plain = {(r.prompt, r.repeat): r for r in runs_of if r.config == "plain"}
         mlx_lm = {(r["prompt"], r["repeat"]): r for r in self.peer_runs.get("mlx-lm", [])}
         rows = []
         for config in ["plain", *map(config_label, self.configs)]:
-            runs = [r for r in self.runs if r.config == config]
+            runs = [r for r in runs_of if r.config == config]
             mean, half = mean_ci([r.decode_tps / plain[(r.prompt, r.repeat)].decode_tps for r in runs])
             vs_mlx_lm = mean_ci([r.decode_tps / mlx_lm[(r.prompt, r.repeat)]["decode_tps"] for r in runs
                                  if (r.prompt, r.repeat) in mlx_lm]) if mlx_lm else (None, None)
@@ -224,6 +225,8 @@ class Bench:
             steps = sum(r.stats["steps"] for r in runs)
             accepted_total = sum(r.stats["accepted"] for r in runs)
             tokens = sum(max(1, r.stats["generated"] - 1) for r in runs)
+            spec_steps = sum(len([d for d in r.stats["drafts_per_step"] if d]) for r in runs)
+            lookup_drafted = sum(r.stats["lookup_drafted"] for r in runs)
             rows.append({
                 "config": config,
                 "prefill_tps": float(np.mean([r.prefill_tps for r in runs])),
@@ -234,12 +237,25 @@ class Bench:
                 "vs_mlx_lm_plain_ci95": vs_mlx_lm[1],
                 "mean_accepted_length": 1 + accepted_total / steps if steps else 1.0,
                 "acceptance_per_position": [float(a / d) for a, d in zip(accepted, drafted) if d],
+                "lookup_share": sum(r.stats["lookup_steps"] for r in runs) / spec_steps if spec_steps else 0.0,
+                "lookup_acceptance": sum(r.stats["lookup_accepted"] for r in runs) / lookup_drafted if lookup_drafted else None,
+                "mtp_acceptance": ((accepted_total - sum(r.stats["lookup_accepted"] for r in runs))
+                                   / max(1, sum(r.stats["drafted"] for r in runs) - lookup_drafted))
+                                  if sum(r.stats["drafted"] for r in runs) > lookup_drafted else None,
                 "target_forwards_per_token": sum(r.stats["target_forwards"] - 1 for r in runs) / tokens,
                 "ms_per_step": 1000 * float(np.median([r.stats["decode_time"] / r.stats["steps"] for r in runs if r.stats["steps"]] or [0.0])),
                 "expert_loads_per_token": float(np.mean([r.stats["decode_expert_loads_per_token"] for r in runs])),
                 "peak_memory_gb": max(r.peak_memory_gb for r in runs),
                 "lossless": all(r.same_as_plain for r in runs) if config != "plain" and self.temp == 0 else None,
             })
+        return rows
+
+    def summary(self) -> dict:
+        rows = self._rows(self.runs)
+        categories = {}
+        for category in dict.fromkeys(p["category"] for p in self.prompts):
+            names = {p["name"] for p in self.prompts if p["category"] == category}
+            categories[category or "-"] = self._rows([r for r in self.runs if r.prompt in names])
         return {
             "label": (f"controlled acceptance alpha={self.alpha} (drafts replaced by the target's own tokens)" if self.alpha is not None
                       else "real drafter acceptance") + (f", temperature {self.temp} (rejection sampling)" if self.temp > 0 else ", greedy"),
@@ -247,11 +263,12 @@ class Bench:
             "temp": self.temp,
             "regime": regime(self.model.adapter),
             "model": self.model.target.name,
-            "drafter": self.model.drafter.name,
+            "drafter": self.model.drafter.name if self.model.drafter is not None else "lookup",
             "prompts": [p["name"] for p in self.prompts],
             "max_tokens": self.max_tokens,
             "repeats": self.repeats,
             "rows": rows,
+            "by_category": categories if len(categories) > 1 else {},
             "peers": [peer_runtime.summarize(p, self.peer_runs.get(p.name, [])) for p in self.peers],
             "runs": [r.__dict__ for r in self.runs],
         }
@@ -300,6 +317,20 @@ def markdown(result: dict) -> str:
                      f"{ratio(r.get('vs_mlx_lm_plain'), r.get('vs_mlx_lm_plain_ci95'))} | "
                      f"{r['mean_accepted_length']:.2f} | {acc} | {r['target_forwards_per_token']:.3f} | {r['ms_per_step']:.2f} | "
                      f"{r['expert_loads_per_token']:.2f} | {r['peak_memory_gb']:.3f} | {lossless} |")
+    if any(r["lookup_share"] for r in result["rows"]):
+        lines += ["", "Draft sources: | config | lookup share of speculative steps | lookup acceptance | MTP acceptance |",
+                  "|---|---|---|---|"]
+        for r in result["rows"][1:]:
+            def share(x):
+                return "-" if x is None else f"{x:.2f}"
+            lines.append(f"| {r['config']} | {r['lookup_share']:.2f} | {share(r['lookup_acceptance'])} | {share(r['mtp_acceptance'])} |")
+    if result.get("by_category"):
+        configs = [r["config"] for r in result["rows"][1:]]
+        lines += ["", "Speedup over plain by category (95% CI):", "",
+                  "| category | " + " | ".join(configs) + " |", "|---|" + "---|" * len(configs)]
+        for category, rows in result["by_category"].items():
+            lines.append(f"| {category} | " + " | ".join(ratio(r["speedup"], r["speedup_ci95"]) + ("" if r["lossless"] in (None, True) else " (NOT lossless)")
+                                                         for r in rows[1:]) + " |")
     lines += peer_runtime.markdown_lines(result.get("peers", []))
     return "\n".join(lines) + "\n"
 
