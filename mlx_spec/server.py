@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from .core.batch import BatchEngine, BatchStats, RowOutput
+from .core.policy import BatchPolicy
 from .core.errors import MlxSpecError
 from .core.loading import SpeculativeModel, generation_defaults
 from .core.loop import SpecStats, check_token_ids
@@ -95,6 +96,7 @@ def parse_job(body: Any, kind: str, tokenizer, model_name: str, defaults: dict, 
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and "role" in m for m in messages):
             raise RequestError("'messages' must be a non-empty list of {role, content} objects.", "messages")
+        messages = [{**m, "content": text_content(m.get("content"))} for m in messages]
         try:
             prompt = list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
         except Exception as e:  # the template's own complaint (a role it does not know, ...)
@@ -136,6 +138,22 @@ def parse_job(body: Any, kind: str, tokenizer, model_name: str, defaults: dict, 
     sampling = SamplingSettings(temp=temp, top_p=top_p if top_p < 1 else 0.0, top_k=top_k, min_p=min_p, seed=seed)
     return Job(kind, prompt, sampling, max_tokens, stop, bool(body.get("stream", False)),
                bool(options.get("include_usage", False)), model_name, parse_processors(body, vocab_size))
+
+
+def text_content(content) -> str:
+    """A message's content as text: a string, null (empty), or OpenAI's list of parts, whose text parts
+    are joined; other parts (images, audio) are refused: this server serves a text model."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list):
+        texts = []
+        for part in content:
+            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+                kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+                raise RequestError(f"only text content parts are supported (got {kind!r}).", "messages")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise RequestError("a message's 'content' must be a string or a list of text parts.", "messages")
 
 
 def parse_processors(body: dict, vocab_size: int) -> ProcessorSettings:
@@ -192,19 +210,20 @@ class Worker:
     def __init__(self, model: SpeculativeModel, draft: DraftSettings, max_batch: int = 8, stop_tokens=(),
                  prompt_cache_bytes: int = 2 << 30):
         drafter = model.draft_model if draft.k_max else None
-        # one cost table per batch-size bucket, measured at start (greedy steps price the sampled ones too)
-        policy = batch_policy_for(model, [SamplingSettings()], draft, drafter)
-        policy.prepare(max_batch)
+        # A few steps here, in the loading thread, on a scratch engine: arrays the model built lazily at
+        # load (RoPE tables, scales) belong to this thread's MLX stream and must be evaluated before
+        # another thread uses them.
+        k = min(2, draft.k_max) if drafter is not None else 0
+        scratch = BatchEngine(model.adapter, drafter, BatchPolicy(k, fixed=k))
+        scratch.add([min(2, model.adapter.vocab_size - 1)], max_tokens=2 + k)
+        while scratch.active:
+            scratch.step()
+        # one cost table per batch-size bucket (greedy steps price the sampled ones too), measured by the
+        # engine thread before its first request: the port is open (GET /health says "loading") meanwhile
+        self.policy = batch_policy_for(model, [SamplingSettings()], draft, drafter)
         self.prompt_cache = PromptCache(model.adapter, prompt_cache_bytes) if prompt_cache_bytes > 0 else None
-        self.engine = BatchEngine(model.adapter, drafter, policy, exact_verify=draft.exact_verify, prompt_cache=self.prompt_cache)
-        # A few steps here, in the loading thread: arrays the model built lazily at load (RoPE tables,
-        # scales) belong to this thread's MLX stream and must be evaluated before another thread uses them.
-        self.engine.add([min(2, model.adapter.vocab_size - 1)], max_tokens=2 + draft.k_max)
-        while self.engine.active:
-            self.engine.step()
-        self.engine.stats = BatchStats()
-        if self.prompt_cache is not None:
-            self.prompt_cache.clear()
+        self.engine = BatchEngine(model.adapter, drafter, self.policy, exact_verify=draft.exact_verify, prompt_cache=self.prompt_cache)
+        self.ready = threading.Event()
         self.max_batch = max_batch
         self.stop_tokens = set(stop_tokens)
         self._cond = threading.Condition()
@@ -232,6 +251,8 @@ class Worker:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
+        self.policy.prepare(self.max_batch)
+        self.ready.set()
         while True:
             with self._cond:
                 while not self._stopping and not self._waiting and not self.engine.active:
@@ -343,10 +364,20 @@ def make_app(model: SpeculativeModel, tokenizer, draft: Optional[DraftSettings] 
     target = model.adapter
 
     async def health(request):
+        if not worker.ready.is_set():  # measuring step costs: requests wait in the queue
+            return JSONResponse({"status": "loading", "model": name, "live_requests": 0}, status_code=503)
         return JSONResponse({"status": "ok", "model": name, "live_requests": worker.engine.batch_size})
 
+    card = {"id": name, "object": "model", "created": 0, "owned_by": "mlx-spec"}
+
     async def models(request):
-        return JSONResponse({"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "mlx-spec"}]})
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def model_card(request):
+        if request.path_params["model"] != name:
+            return JSONResponse(error_body(f"unknown model {request.path_params['model']!r}: this server serves {name!r}.", "model",
+                                           "invalid_request_error"), status_code=404)
+        return JSONResponse(card)
 
     async def run(job: Job):
         """Yield (text, finish_reason, completion tokens, stats) pieces of one job's output."""
@@ -448,6 +479,7 @@ def make_app(model: SpeculativeModel, tokenizer, draft: Optional[DraftSettings] 
     app = Starlette(routes=[
         Route("/health", health, methods=["GET"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/models/{model:path}", model_card, methods=["GET"]),
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/completions", completions, methods=["POST"]),
     ], lifespan=lifespan)

@@ -25,6 +25,7 @@ from mlx_spec.core.settings import SamplingSettings  # noqa: E402
 def served(tiny):
     model, tokenizer = mlx_spec.load(tiny / "dense" / "target", tiny / "dense" / "drafter-trained")
     app = make_app(model, tokenizer, DraftSettings(3), max_batch=4)
+    assert app.state.worker.ready.wait(60)
     sizes = []
     engine = app.state.worker.engine
     step = engine.step
@@ -187,6 +188,18 @@ def test_bad_requests_are_400_and_the_server_goes_on(served, body, param):
     error = bad.json()["error"]
     assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
     assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] >= 1
+
+
+def test_content_parts_and_model_card(served):
+    model, tokenizer, app, _ = served
+    plain = [{"role": "user", "content": "hello there"}]
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hello "}, {"type": "text", "text": "there"}]}]
+    image = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]
+    a, b, c = post_all(app, "/v1/chat/completions", [{"messages": m, "max_tokens": 8, "temperature": 0} for m in (plain, parts, image)])
+    assert a.json()["choices"] == b.json()["choices"] and a.json()["usage"]["prompt_tokens"] == b.json()["usage"]["prompt_tokens"]
+    assert c.status_code == 400 and c.json()["error"]["param"] == "messages" and "image_url" in c.json()["error"]["message"]
+    card, missing = asyncio.run(_get(app, [f"/v1/models/{model.target.name}", "/v1/models/other"]))
+    assert card.json()["id"] == model.target.name and missing.status_code == 404
 
 
 def test_malformed_json_is_400(served):
