@@ -19,7 +19,8 @@ LOGS="$OUT/logs.txt"
 
 # the server's stack (starlette, uvicorn, httpx), from wheels carried along
 S=/tmp/srv-site
-[ -d $S ] || python -m pip install -q --no-index --no-deps --target $S .device/c/*.whl >> "$LOGS" 2>&1
+W=$(ls -d .device/c 2>/dev/null || echo /root/stage/c)
+[ -d $S ] || python -m pip install -q --no-index --no-deps --target $S $W/*.whl >> "$LOGS" 2>&1
 export PYTHONPATH=$PYTHONPATH:$S
 
 export MLX_SPEC_TINY=/tmp/mlx-spec-tiny
