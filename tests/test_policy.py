@@ -53,6 +53,18 @@ def test_parks_at_plain_decoding_but_probes():
     assert 1 in tail  # keeps probing
 
 
+def test_probes_are_rarer_when_a_draft_step_costs_more():
+    """Parked at plain decoding, probes stay within 5% of the time: a k = 1 step costing 2x a plain one
+    (a launch-bound GPU batch) is probed every ~20 steps, not every 16."""
+    from mlx_spec.core.policy import probe_interval
+
+    assert probe_interval(StepCosts([1.0, 1.2] + [1.3] * 7, smoothing=0), 16) == 16
+    assert probe_interval(StepCosts([1.0, 2.0] + [2.5] * 7, smoothing=0), 16) == 20
+    policy = AdaptivePolicy(8, StepCosts([1.0, 3.0] + [3.5] * 7, smoothing=0), probe_every=16)
+    tail = simulate(policy, 0.0, steps=400)[100:]
+    assert 0 < tail.count(1) <= len(tail) / 40
+
+
 def test_expensive_verify_picks_shorter_drafts():
     """Same acceptance; verify cost growing with tokens (an MoE loading more experts) -> smaller k."""
     alpha = 0.7

@@ -6,7 +6,8 @@ For a step that drafts k tokens,
 and the policy picks k in 0..k_max maximising E[tokens](k) / time(k); k = 0 is plain decoding,
 chosen when speculation does not pay. Acceptance is estimated online per position (exponentially
 weighted; a position not yet observed is assumed as good as the one before it). While parked at
-k = 0 it still probes with k = 1 every `probe_every` steps, so it notices when drafts become good again.
+k = 0 it still probes with k = 1 every `probe_every` steps or more (`probe_interval`: probes cost at
+most 5% of the time), so it notices when drafts become good again.
 
 Costs (`StepCosts`) are a table of whole-step seconds per k, measured at warm-up on the real step
 (`loop.measure_step_costs`: warm-up runs discarded, median of repeats, so GPU noise and first-call
@@ -25,6 +26,17 @@ from typing import Callable, Optional, Protocol
 from .moe import ExpertTracker, MoEProfile, parameter_bytes
 
 DRIFT_LIMIT = 1.5  # observed / measured step time beyond which the table is re-measured
+PROBE_BUDGET = 0.05  # while parked at k = 0, probes with k = 1 may cost at most this share of the time
+
+
+def probe_interval(costs, every: int) -> int:
+    """Plain steps between two k = 1 probes: at least `every`, and enough that a probe's extra cost
+    (a k = 1 step over a plain one) stays within PROBE_BUDGET of the time (on a launch-bound GPU a
+    batched k = 1 step costs ~2x a plain one; probing every 16 steps would cost ~6%)."""
+    if costs is None:
+        return every
+    extra = costs.step(1) / max(1e-12, costs.step(0)) - 1
+    return max(every, int(extra / PROBE_BUDGET + 0.999))
 
 
 class CostModel(Protocol):
@@ -227,7 +239,7 @@ class AdaptivePolicy:
 
     def choose(self) -> int:
         k = self.best()
-        if k == 0 and self.k_max > 0 and self._since_draft >= self.probe_every:
+        if k == 0 and self.k_max > 0 and self._since_draft >= probe_interval(self.costs, self.probe_every):
             k = 1
         self.history.append(k)
         return k
@@ -287,7 +299,7 @@ class BatchPolicy:
         if self.fixed is not None:
             return self.fixed
         k = max(range(self.k_max + 1), key=lambda k: (self.rate(rows, k), -k))
-        if k == 0 and self.k_max > 0 and self._since_draft >= self.probe_every:
+        if k == 0 and self.k_max > 0 and self._since_draft >= probe_interval(self.costs_for(len(rows)), self.probe_every):
             k = 1
         self.history.append(k)
         return k
