@@ -22,13 +22,15 @@ def _root() -> None:
 
 def _summary(pair) -> dict:
     target, drafter = pair.target, pair.drafter
-    t, d = target.text_config, drafter.text_config
     adapter = pair.adapter
-    if drafter.config.get("model_type") == "mlx_spec_mtp":
+    if drafter is None:
+        drafter_info = {"kind": "prompt lookup (no weights)"}
+    elif drafter.config.get("model_type") == "mlx_spec_mtp":
         layers, head = drafter.config["layers"], drafter.config.get("head_size") or "whole vocabulary"
         drafter_info = {"layers": len(layers), "hidden_size": drafter.config["hidden_size"], "reads_layers": [s["reads_layer"] for s in layers],
                         "head": f"target's embedding, {head} tokens", "trained_for": drafter.config["target"]["name"]}
     else:
+        d = drafter.text_config
         drafter_info = {"layers": len(d["layer_types"]), "hidden_size": d["hidden_size"],
                         "head": "centroid-masked" if drafter.config.get("use_ordered_embeddings") else "dense"}
     return {
@@ -38,13 +40,14 @@ def _summary(pair) -> dict:
             "model_type": target.config.get("model_type"),
             "layers": len(adapter.layer_types),
             "hidden_size": adapter.hidden_size,
-            "moe": bool(t.get("enable_moe_block")),
+            "moe": bool(target.text_config.get("enable_moe_block")),
             "kv_shared_layers": len(adapter.layer_types) - adapter.num_cached_layers,
             "kv_producer_layers": adapter.producers,
             "sliding_window": adapter.sliding_window,
             "quantization": target.config.get("quantization"),
         },
-        "drafter": {"name": drafter.name, "path": str(drafter.path), **drafter_info, "quantization": drafter.config.get("quantization")},
+        "drafter": {"name": _drafter_name(pair), **drafter_info} if drafter is None else
+                   {"name": drafter.name, "path": str(drafter.path), **drafter_info, "quantization": drafter.config.get("quantization")},
     }
 
 
@@ -78,6 +81,12 @@ def _parse_ids(text: str) -> list[int]:
     return ids
 
 
+def _drafter_name(pair) -> str:
+    if pair.drafter is not None:
+        return pair.drafter.name
+    return "prompt lookup" if pair.lookup else "no drafter"
+
+
 def _sampling_settings(path, temp, top_p, top_k, min_p, seed):
     """Options given win; the rest from the model's generation_config.json (path None: checks the
     given values before anything loads)."""
@@ -106,7 +115,10 @@ def _processor_settings(logit_bias, repetition_penalty, repetition_context_size,
 def _draft_settings(text: str, no_draft: bool = False, exact_verify: bool = False):
     from .core.settings import DraftSettings
 
-    return DraftSettings(0 if no_draft else DraftSettings.parse(text).draft_tokens, exact_verify=exact_verify)
+    from dataclasses import replace
+
+    parsed = DraftSettings.parse(text)
+    return DraftSettings(0, exact_verify=exact_verify) if no_draft else replace(parsed, exact_verify=exact_verify)
 
 
 @app.command()
@@ -206,7 +218,7 @@ def serve(
         raise MlxSpecError(f"--prompt-cache-gb must be >= 0 (got {prompt_cache_gb}).")
     draft = _draft_settings(draft_tokens, exact_verify=exact_verify)
     pair, tokenizer = load(model, drafter)
-    typer.echo(f"mlx-spec serve: {pair.target.name} + {pair.drafter.name if pair.drafter else 'no drafter'} on http://{host}:{port} "
+    typer.echo(f"mlx-spec serve: {pair.target.name} + {_drafter_name(pair)} on http://{host}:{port} "
                f"(max batch {max_batch}; measuring step costs first)")
     run_server(pair, tokenizer, host, port, draft, max_batch, int(prompt_cache_gb * 2**30))
 
@@ -244,7 +256,7 @@ def chat(
     sampling = _sampling_settings(pair.target.path, temp, top_p, top_k, min_p, seed)
     session = ChatSession(pair, tokenizer, max_tokens=max_tokens, sampling=sampling, draft=draft, ignore_eos=ignore_eos,
                           processors=processors)
-    typer.echo(f"[mlx-spec chat: {pair.target.name} + {pair.drafter.name}; {sampling.describe()}; "
+    typer.echo(f"[mlx-spec chat: {pair.target.name} + {_drafter_name(pair)}; {sampling.describe()}; "
                "/reset, /stats, Ctrl-C stops a reply, Ctrl-D exits]")
     last = None
     while True:

@@ -63,3 +63,18 @@ def test_draft_tokens_range_is_the_same_everywhere(tiny, capsys):
     session = ChatSession(model, tokenizer, max_tokens=40, draft_tokens=20, ignore_eos=True)
     replies = [r.token for r in session.ask("hello")] + [r.token for r in session.ask("again")]
     assert len(replies) == 80 and session.last_stats.drafted > 0
+
+
+def test_drafter_lookup_from_the_command_line(tiny):
+    """--drafter lookup: prompt lookup alone (no weights), same tokens as plain decoding; check describes it."""
+    target = str(tiny / "dense" / "target")
+    ids = ",".join(str(t) for t in [2] + list(range(40, 52)) * 3)
+    outs = []
+    for extra in (["--drafter", "lookup", "--draft-tokens", "4"], ["--drafter", "lookup", "--no-draft"]):
+        result = runner.invoke(app, ["generate", "--model", target, "--prompt-ids", ids, "--max-tokens", "60", "--json", *extra])
+        assert result.exit_code == 0, result.output
+        outs.append(json.loads(result.output.strip().splitlines()[-1]))
+    assert outs[0]["tokens"] == outs[1]["tokens"]
+    assert outs[0]["stats"]["lookup_steps"] > 0 and outs[0]["stats"]["drafter_forwards"] == 0
+    result = runner.invoke(app, ["check", "--model", target, "--drafter", "lookup", "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["drafter"]["name"] == "prompt lookup"
