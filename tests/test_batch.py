@@ -144,19 +144,24 @@ class GreedyFirst(RejectionSampler):
         return mx.argmax(logits, axis=-1).astype(mx.int32).reshape(1)
 
 
-def exact_pairs(target, prompt, settings, top=12):
-    """P(t2, t3) of the two tokens after the argmax t1, under `settings`, for t2 in the `top` likeliest."""
+def exact_pairs(target, prompt, settings, top=12, processors=None):
+    """P(t2, t3) of the two tokens after the argmax t1, under `settings` (after `processors`, which see
+    the whole context), for t2 in the `top` likeliest."""
     dist = Distribution(settings)
+
+    def processed(context, logits):
+        return logits if processors is None else processors(mx.array(context), logits)
+
     cache = target.make_cache()
     logits, _ = target.forward(mx.array(prompt)[None], cache, last_only=True)
-    t1 = int(mx.argmax(logits[0, -1]).item())
+    t1 = int(mx.argmax(processed(prompt, logits[0, -1:])).item())
     logits, _ = target.forward(mx.array([[t1]]), cache)
-    p2 = np.array(dist(logits[0, -1:]))[0]
+    p2 = np.array(dist(processed(prompt + [t1], logits[0, -1:])))[0]
     out = {}
     for t2 in np.argsort(-p2)[:top]:
         c = target.make_cache()
         lg, _ = target.forward(mx.array(prompt + [t1, int(t2)])[None], c, last_only=True)
-        p3 = np.array(dist(lg[0, -1:]))[0]
+        p3 = np.array(dist(processed(prompt + [t1, int(t2)], lg[0, -1:])))[0]
         for t3 in range(len(p3)):
             out[(int(t2), t3)] = float(p2[t2] * p3[t3])
     out[("other",)] = 1.0 - sum(out.values())
@@ -164,10 +169,17 @@ def exact_pairs(target, prompt, settings, top=12):
 
 
 def test_sampled_rows_follow_their_own_distribution(pairs):
+    """Two groups of sampled rows in one batch, the second with logits processors (penalties and a
+    logit bias applied at every drafted position): each follows its own exact distribution."""
+    from mlx_spec.core.sampling import Processors
+    from mlx_spec.core.settings import ProcessorSettings
+
     pair = pairs["dense"]
     target, drafter = pair.adapter, pair.draft_model
     prompts = make_prompts(target, (6, 9), seed=6)
     settings = [SamplingSettings(temp=1.0), SamplingSettings(temp=0.7, top_k=40)]
+    processors = [None, Processors(ProcessorSettings(presence_penalty=1.5, frequency_penalty=0.5, logit_bias={prompts[1][-1]: 2.0}),
+                                   target.vocab_size)]
     n = 400
     samples = {0: [], 1: []}
     engine = BatchEngine(target, drafter, BatchPolicy(2, fixed=2))
@@ -175,7 +187,8 @@ def test_sampled_rows_follow_their_own_distribution(pairs):
         groups = []
         for j in range(2 * n // 4):
             g = j % 2
-            engine.add(prompts[g], GreedyFirst(SamplingSettings(temp=settings[g].temp, top_k=settings[g].top_k, seed=chunk * n + j)), max_tokens=3)
+            engine.add(prompts[g], GreedyFirst(SamplingSettings(temp=settings[g].temp, top_k=settings[g].top_k, seed=chunk * n + j)),
+                       max_tokens=3, processors=processors[g])
             groups.append(g)
         outs = {}
         while engine.active:
@@ -184,7 +197,7 @@ def test_sampled_rows_follow_their_own_distribution(pairs):
         for row_id, g in zip(sorted(outs), groups):
             samples[g].append(tuple(outs[row_id][1:3]))
     assert engine.stats.accepted > 0.1 * engine.stats.drafted  # the drafts were partly accepted
-    exact = [exact_pairs(target, prompts[g], settings[g]) for g in (0, 1)]
+    exact = [exact_pairs(target, prompts[g], settings[g], processors=processors[g]) for g in (0, 1)]
 
     def cells(group, table):
         return [s if s in table else ("other",) for s in samples[group]]
@@ -192,8 +205,12 @@ def test_sampled_rows_follow_their_own_distribution(pairs):
     for g in (0, 1):
         stat, df = chi_square(empirical(cells(g, exact[g])), exact[g], n)
         assert stat < chi_square_critical(df), (g, stat, df)
-    # the check can fail: group 1's samples against group 0's distribution
+    # the check can fail: group 1's samples against group 0's distribution, and against its own
+    # distribution without the processors
     stat, df = chi_square(empirical(cells(1, exact[0])), exact[0], n)
+    assert stat > chi_square_critical(df), (stat, df)
+    unprocessed = exact_pairs(target, prompts[1], settings[1])
+    stat, df = chi_square(empirical(cells(1, unprocessed)), unprocessed, n)
     assert stat > chi_square_critical(df), (stat, df)
 
 
