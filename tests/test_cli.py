@@ -78,3 +78,18 @@ def test_drafter_lookup_from_the_command_line(tiny):
     assert outs[0]["stats"]["lookup_steps"] > 0 and outs[0]["stats"]["drafter_forwards"] == 0
     result = runner.invoke(app, ["check", "--model", target, "--drafter", "lookup", "--json"])
     assert result.exit_code == 0 and json.loads(result.output)["drafter"]["name"] == "prompt lookup"
+
+
+def test_convert_drafter_quantizes_and_refuses_bad_input(tiny, tmp_path):
+    src = str(tiny / "dense" / "drafter-trained")
+    out = tmp_path / "q8"
+    result = runner.invoke(app, ["convert-drafter", src, "--out", str(out), "--q-bits", "8", "--group-size", "32"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["quantization"] == {"group_size": 32, "bits": 8} and not (tmp_path / "q8.partial").exists()
+    result = runner.invoke(app, ["check", "--model", str(tiny / "dense" / "target"), "--drafter", str(out), "--json"])
+    assert result.exit_code == 0 and json.loads(result.output)["drafter"]["quantization"]["bits"] == 8
+    for argv in (["--q-bits", "3"], ["--group-size", "48"]):
+        assert runner.invoke(app, ["convert-drafter", src, "--out", str(tmp_path / "x"), *argv]).exit_code != 0
+    assert runner.invoke(app, ["convert-drafter", src, "--out", str(out)]).exit_code != 0  # not empty
+    assert runner.invoke(app, ["convert-drafter", str(out), "--out", str(tmp_path / "y"), "--q-bits", "4"]).exit_code != 0  # quantized

@@ -1,0 +1,77 @@
+"""What quantizing a gemma4_assistant drafter costs in acceptance, and what it saves in bytes per draft step.
+
+For each tiny variant (its trained drafter: partly right, so acceptance can move either way), the
+float drafter and its 8-bit and 4-bit conversions (`mlx-spec convert-drafter`, i.e.
+`gemma4_assistant.convert`) draft k = 4 greedy on the same prompts; reported: acceptance by position,
+mean accepted length, the drafter's bytes (all of it is read per draft step), and whether the output
+stayed the target's plain greedy output (it must: quantizing the drafter only changes proposals).
+
+    python scripts/drafter_quant_acceptance.py TINY_DIR [--variants dense,moe,e2b] [--tokens 120] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from mlx_spec.core.loading import load_pair
+from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
+from mlx_spec.core.models import gemma4_assistant
+from mlx_spec.core.moe import parameter_bytes
+
+
+def measure(target, drafter, prompts, tokens, k=4):
+    drafted, accepted, steps, lossless = np.zeros(k), np.zeros(k), 0, True
+    for prompt in prompts:
+        stats = SpecStats()
+        out = token_ids(speculative_generate_step(prompt, target, drafter, draft_tokens=k, max_tokens=tokens, stats=stats))
+        plain = token_ids(speculative_generate_step(prompt, target, None, max_tokens=tokens))
+        lossless &= out == plain
+        drafted[: len(stats.drafted_per_position)] += stats.drafted_per_position
+        accepted[: len(stats.accepted_per_position)] += stats.accepted_per_position
+        steps += stats.steps
+    return {"acceptance_per_position": (accepted / np.maximum(drafted, 1)).round(3).tolist(),
+            "mean_accepted_length": float(1 + accepted.sum() / max(1, steps)), "lossless": bool(lossless)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("tiny")
+    ap.add_argument("--variants", default="dense,moe,e2b")
+    ap.add_argument("--tokens", type=int, default=120)
+    ap.add_argument("--group-size", type=int, default=32)
+    ap.add_argument("--json")
+    args = ap.parse_args(argv)
+    rows = []
+    print("| variant | drafter | bytes per draft step | vs float | acceptance by position (k = 4) | mean accepted length | lossless |")
+    print("|---|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        for variant in args.variants.split(","):
+            src = Path(args.tiny) / variant / "drafter-trained"
+            float_bytes = None
+            for bits in (None, 8, 4):
+                path = src
+                if bits is not None:
+                    path = Path(tmp) / f"{variant}-q{bits}"
+                    gemma4_assistant.convert(src, path, {"group_size": args.group_size, "bits": bits})
+                pair = load_pair(Path(args.tiny) / variant / "target", path)
+                target = pair.adapter
+                rng = np.random.RandomState(0)
+                prompts = [[2] + rng.randint(5, target.vocab_size, size=n - 1).tolist() for n in (6, 3 * target.sliding_window + 7, 40)]
+                nbytes = parameter_bytes(pair.draft_model)
+                float_bytes = float_bytes or nbytes
+                row = {"variant": variant, "bits": bits, "bytes": nbytes, **measure(target, pair.draft_model, prompts, args.tokens)}
+                rows.append(row)
+                acc = " ".join(f"{a:.2f}" for a in row["acceptance_per_position"])
+                print(f"| {variant} | {'float32' if bits is None else f'{bits}-bit'} | {nbytes:,} | {nbytes / float_bytes:.2f} | {acc} | "
+                      f"{row['mean_accepted_length']:.2f} | {'yes' if row['lossless'] else 'NO'} |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
