@@ -17,6 +17,19 @@ DEFAULT_MODEL = "google/gemma-4-E2B-it"  # the smallest Gemma 4, with google/gem
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Lossless MTP speculative decoding for Gemma 4 on MLX.")
 
 
+# Sampling and processor options shared by generate and chat (one definition, the same help)
+TEMP = typer.Option(None, "--temp", help="Sampling temperature (0: greedy). Default: the model's generation_config.json (Gemma 4: 1.0), else 0.")
+TOP_P = typer.Option(None, "--top-p", help="Nucleus sampling threshold (0 or 1: off). Default: generation_config.json (Gemma 4: 0.95), else off.")
+TOP_K = typer.Option(None, "--top-k", help="Sample from the k most likely tokens (0: off). Default: generation_config.json (Gemma 4: 64), else off.")
+MIN_P = typer.Option(None, "--min-p", help="Drop tokens below min-p times the top probability (0: off). Default: generation_config.json, else off.")
+SEED = typer.Option(None, "--seed", help="Random seed: the same seed gives the same output.")
+REPETITION_PENALTY = typer.Option(None, "--repetition-penalty", help="mlx-lm's repetition penalty (> 0, 1: none) over the last --repetition-context-size tokens, applied at every drafted position.")
+REPETITION_CONTEXT_SIZE = typer.Option(20, "--repetition-context-size", help="Tokens the repetition penalty looks back over.")
+PRESENCE_PENALTY = typer.Option(0.0, "--presence-penalty", help="Subtracted once from the logit of each token among the last 20.")
+FREQUENCY_PENALTY = typer.Option(0.0, "--frequency-penalty", help="Subtracted from a token's logit per occurrence among the last 20.")
+LOGIT_BIAS = typer.Option(None, "--logit-bias", help="Token id biases, like 17=-100,42=2.5 (added to those logits).")
+
+
 @app.callback()
 def _root() -> None:
     """Lossless MTP speculative decoding for Gemma 4 on MLX."""
@@ -133,16 +146,16 @@ def generate(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print tokens/s, acceptance and target forwards per token."),
     prompt_ids: Optional[str] = typer.Option(None, "--prompt-ids", help="Comma-separated token ids instead of text."),
     max_tokens: int = typer.Option(256, "--max-tokens", help="Most tokens to generate."),
-    temp: Optional[float] = typer.Option(None, "--temp", help="Sampling temperature (0: greedy). Default: the model's generation_config.json (Gemma 4: 1.0), else 0."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold (0 or 1: off). Default: generation_config.json (Gemma 4: 0.95), else off."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens (0: off). Default: generation_config.json (Gemma 4: 64), else off."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Drop tokens below min-p times the top probability (0: off). Default: generation_config.json, else off."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same output."),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="mlx-lm's repetition penalty (> 0, 1: none) over the last --repetition-context-size tokens, applied at every drafted position."),
-    repetition_context_size: int = typer.Option(20, "--repetition-context-size", help="Tokens the repetition penalty looks back over."),
-    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtracted once from the logit of each token among the last 20."),
-    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Subtracted from a token's logit per occurrence among the last 20."),
-    logit_bias: Optional[str] = typer.Option(None, "--logit-bias", help="Token id biases, like 17=-100,42=2.5 (added to those logits)."),
+    temp: Optional[float] = TEMP,
+    top_p: Optional[float] = TOP_P,
+    top_k: Optional[int] = TOP_K,
+    min_p: Optional[float] = MIN_P,
+    seed: Optional[int] = SEED,
+    repetition_penalty: Optional[float] = REPETITION_PENALTY,
+    repetition_context_size: int = REPETITION_CONTEXT_SIZE,
+    presence_penalty: float = PRESENCE_PENALTY,
+    frequency_penalty: float = FREQUENCY_PENALTY,
+    logit_bias: Optional[str] = LOGIT_BIAS,
     draft_tokens: str = typer.Option("auto", "--draft-tokens", help="Drafts per step: auto (adaptive, may choose none) or N, 0 to 32 (0: plain decoding)."),
     exact_verify: bool = typer.Option(False, "--exact-verify", help="Verify drafts with plain decoding's own 1-row forwards: greedy output bit-identical to plain decoding on any backend, at plain decoding's cost or more."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at end-of-sequence tokens."),
@@ -230,16 +243,16 @@ def chat(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id; default: the released assistant of a Gemma 4 hub id, or the drafter beside a demo model."),
     max_tokens: int = typer.Option(512, "--max-tokens", help="Most tokens per reply."),
-    temp: Optional[float] = typer.Option(None, "--temp", help="Sampling temperature (0: greedy). Default: the model's generation_config.json (Gemma 4: 1.0), else 0."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Nucleus sampling threshold (0 or 1: off). Default: generation_config.json (Gemma 4: 0.95), else off."),
-    top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample from the k most likely tokens (0: off). Default: generation_config.json (Gemma 4: 64), else off."),
-    min_p: Optional[float] = typer.Option(None, "--min-p", help="Drop tokens below min-p times the top probability (0: off). Default: generation_config.json, else off."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: the same seed gives the same output."),
-    repetition_penalty: Optional[float] = typer.Option(None, "--repetition-penalty", help="mlx-lm's repetition penalty (> 0, 1: none) over the last --repetition-context-size tokens, applied at every drafted position."),
-    repetition_context_size: int = typer.Option(20, "--repetition-context-size", help="Tokens the repetition penalty looks back over."),
-    presence_penalty: float = typer.Option(0.0, "--presence-penalty", help="Subtracted once from the logit of each token among the last 20."),
-    frequency_penalty: float = typer.Option(0.0, "--frequency-penalty", help="Subtracted from a token's logit per occurrence among the last 20."),
-    logit_bias: Optional[str] = typer.Option(None, "--logit-bias", help="Token id biases, like 17=-100,42=2.5 (added to those logits)."),
+    temp: Optional[float] = TEMP,
+    top_p: Optional[float] = TOP_P,
+    top_k: Optional[int] = TOP_K,
+    min_p: Optional[float] = MIN_P,
+    seed: Optional[int] = SEED,
+    repetition_penalty: Optional[float] = REPETITION_PENALTY,
+    repetition_context_size: int = REPETITION_CONTEXT_SIZE,
+    presence_penalty: float = PRESENCE_PENALTY,
+    frequency_penalty: float = FREQUENCY_PENALTY,
+    logit_bias: Optional[str] = LOGIT_BIAS,
     draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N, 0 to 32 (0: plain decoding)."),
     exact_verify: bool = typer.Option(False, "--exact-verify", help="Greedy replies bit-identical to plain decoding on any backend (see generate --help)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Replies always run to --max-tokens."),

@@ -40,22 +40,7 @@ fi
 
 if [ "$WHAT" != tests ]; then
   P=/tmp/mlx-spec-proxy
-  if [ ! -d "$P/bf16" ]; then
-    python scripts/make_tiny_checkpoints.py "$P" --variants proxy >> "$LOGS" 2>&1
-    python -m mlx_lm convert --hf-path "$P/proxy/target" --mlx-path "$P/bf16" --dtype bfloat16 >> "$LOGS" 2>&1
-    python -m mlx_lm convert --hf-path "$P/proxy/target" --mlx-path "$P/q4" -q >> "$LOGS" 2>&1
-    # the drafter in bf16, as the released assistants ship
-    python - "$P/proxy/drafter" "$P/drafter-bf16" >> "$LOGS" 2>&1 <<'EOF'
-import shutil, sys
-from pathlib import Path
-import mlx.core as mx
-src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-shutil.copytree(src, dst)
-for f in dst.glob("*.safetensors"):
-    w = {k: (v.astype(mx.bfloat16) if mx.issubdtype(v.dtype, mx.floating) else v) for k, v in mx.load(str(f)).items()}
-    mx.save_safetensors(str(f), w)
-EOF
-  fi
+  bash scripts/make_proxy.sh "$P" >> "$LOGS" 2>&1
   for dtype in ${DTYPES:-bf16 q4}; do
     timeout ${BENCH_TIMEOUT:-130} python -m mlx_spec.cli bench --model "$P/$dtype" --drafter "$P/drafter-bf16" \
         --limit 3 --max-tokens 128 --repeats ${REPEATS:-2} --alpha ${ALPHAS:-0.5,0.7,0.9} \

@@ -33,20 +33,7 @@ echo "tests exit $?" >> "$OUT/tests.txt"
 tail -n 20 "$OUT/tests.txt"
 
 P=/tmp/mlx-spec-proxy
-if [ ! -d "$P/bf16" ]; then
-  python scripts/make_tiny_checkpoints.py "$P" --variants proxy >> "$LOGS" 2>&1
-  python -m mlx_lm convert --hf-path "$P/proxy/target" --mlx-path "$P/bf16" --dtype bfloat16 >> "$LOGS" 2>&1
-  python - "$P/proxy/drafter" "$P/drafter-bf16" >> "$LOGS" 2>&1 <<'EOF'
-import shutil, sys
-from pathlib import Path
-import mlx.core as mx
-src, dst = Path(sys.argv[1]), Path(sys.argv[2])
-shutil.copytree(src, dst)
-for f in dst.glob("*.safetensors"):
-    w = {k: (v.astype(mx.bfloat16) if mx.issubdtype(v.dtype, mx.floating) else v) for k, v in mx.load(str(f)).items()}
-    mx.save_safetensors(str(f), w)
-EOF
-fi
+bash scripts/make_proxy.sh "$P" >> "$LOGS" 2>&1
 
 timeout ${BATCH_TIMEOUT:-170} python -m mlx_spec.cli bench --model "$P/bf16" --drafter "$P/drafter-bf16" --batch 1,2,4,8 \
     --alpha 0.8 --draft-tokens 2,auto --limit 4 --max-tokens 96 --repeats 2 --peers mlx-lm --out /tmp/batch >> "$LOGS" 2>&1

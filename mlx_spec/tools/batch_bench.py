@@ -26,7 +26,7 @@ from ..core.errors import MlxSpecError
 from ..core.loading import SpeculativeModel
 from ..core.settings import DraftSettings
 from ..generate import batch_generate
-from .bench import PLAIN, ControlledDrafter, config_label, progress_bar, regime
+from .bench import PLAIN, ControlledDrafter, config_label, progress_bar, pyplot, regime
 from .stats import mean_ci
 
 
@@ -205,12 +205,8 @@ def markdown(result: dict) -> str:
 
 def plot(results: list[dict], out) -> list[str]:
     """Total decode tokens/s against B, one line per configuration and alpha (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     fig, ax = plt.subplots(figsize=(6, 4))
     for res in results:

@@ -335,14 +335,22 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[dict], out: Path) -> list[str]:
-    """speedup vs k (one line per alpha) and speedup vs alpha (one line per k); needs matplotlib (extra `bench`)."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None without the `bench` extra."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def plot(results: list[dict], out: Path) -> list[str]:
+    """speedup vs k (one line per alpha) and speedup vs alpha (one line per k); needs matplotlib (extra `bench`)."""
+    plt = pyplot()
+    if plt is None:
         return []
     written = []
 

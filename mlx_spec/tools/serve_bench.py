@@ -417,12 +417,10 @@ def markdown(result: dict) -> str:
 
 def plot(results: list[dict], out: Path) -> list[str]:
     """Completion tokens/s and p50 latency against the client count, on vs off (needs matplotlib)."""
-    try:
-        import matplotlib
+    from .bench import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     result = results[-1]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
