@@ -272,7 +272,7 @@ def batch_policy_for(model: SpeculativeModel, samplings: Sequence[SamplingSettin
     is priced as one of 4), re-measured at the next run when observed step times drifted; new rows start
     from the acceptance earlier rows of that kind showed. Seeded batches are priced by weight bytes from
     a fresh start (reproducible, as `policy_for`)."""
-    if drafter is None or draft.k_max == 0:
+    if (drafter is None and not draft.lookup) or draft.k_max == 0:
         return BatchPolicy(0, fixed=0)
     if not draft.adaptive:
         return BatchPolicy(draft.k_max, fixed=draft.k_max)
@@ -286,7 +286,7 @@ def batch_policy_for(model: SpeculativeModel, samplings: Sequence[SamplingSettin
             if seeded:
                 chosen[bucket] = byte_costs(model.adapter, drafter, draft.k_max, bucket)
             else:
-                key = ("batch", greedy, draft.exact_verify, draft.k_max, bucket)
+                key = ("batch", greedy, draft.exact_verify, draft.k_max, bucket, drafter is None)
                 costs = model.costs.get(key)
                 if costs is None or costs.stale:
                     measuring = make_strategy(SamplingSettings(temp=0.0 if greedy else 1.0, seed=0))
@@ -326,6 +326,7 @@ def batch_generate(
     draft_tokens: Union[int, str] = "auto",
     max_draft_tokens: int = 8,
     exact_verify: bool = False,
+    lookup: bool = False,
     ignore_eos: bool = False,
     max_context: Optional[int] = None,
     sampling: Optional[Union[SamplingSettings, Sequence[SamplingSettings]]] = None,
@@ -362,14 +363,16 @@ def batch_generate(
                                         presence_context_size=presence_context_size, frequency_penalty=frequency_penalty,
                                         frequency_context_size=frequency_context_size)
     processed = [processors_for(model, p) for p in _per_prompt(processors, n, "processors")]
-    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify)
+    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify, lookup)
     drafter = drafter if drafter is not None else model.draft_model
-    if draft.k_max == 0:
+    if draft.k_max == 0 or not draft.mtp:
         drafter = None
+    if model.lookup and not draft.lookup:
+        draft = replace(draft, lookup=True)
     ids = [_prompt_ids(tokenizer, p) for p in prompts]
     stop = set() if ignore_eos else set(tokenizer.eos_token_ids)
     engine = BatchEngine(model.adapter, drafter, batch_policy_for(model, samplings, draft, drafter),
-                         exact_verify=draft.exact_verify, max_context=max_context, stats=stats)
+                         exact_verify=draft.exact_verify, max_context=max_context, stats=stats, lookup=draft.lookup)
     engine.policy.prepare(n)  # every batch size the run will see, measured before it starts
     order = [engine.add(p, make_strategy(s), m, stop, pr) for p, s, m, pr in zip(ids, samplings, limits, processed)]
     tokens = {i: [] for i in order}

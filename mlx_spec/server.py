@@ -25,7 +25,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Optional
 
 from .core.batch import BatchEngine, BatchStats, RowOutput
@@ -209,7 +209,9 @@ class Worker:
 
     def __init__(self, model: SpeculativeModel, draft: DraftSettings, max_batch: int = 8, stop_tokens=(),
                  prompt_cache_bytes: int = 2 << 30):
-        drafter = model.draft_model if draft.k_max else None
+        drafter = model.draft_model if draft.k_max and draft.mtp else None
+        if model.lookup and not draft.lookup:
+            draft = replace(draft, lookup=True)
         # A few steps here, in the loading thread, on a scratch engine: arrays the model built lazily at
         # load (RoPE tables, scales) belong to this thread's MLX stream and must be evaluated before
         # another thread uses them.
@@ -222,7 +224,8 @@ class Worker:
         # engine thread before its first request: the port is open (GET /health says "loading") meanwhile
         self.policy = batch_policy_for(model, [SamplingSettings()], draft, drafter)
         self.prompt_cache = PromptCache(model.adapter, prompt_cache_bytes) if prompt_cache_bytes > 0 else None
-        self.engine = BatchEngine(model.adapter, drafter, self.policy, exact_verify=draft.exact_verify, prompt_cache=self.prompt_cache)
+        self.engine = BatchEngine(model.adapter, drafter, self.policy, exact_verify=draft.exact_verify, prompt_cache=self.prompt_cache,
+                                  lookup=draft.lookup)
         self.ready = threading.Event()
         self.max_batch = max_batch
         self.stop_tokens = set(stop_tokens)

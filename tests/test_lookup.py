@@ -115,3 +115,36 @@ def test_each_step_drafts_from_the_source_that_promises_more():
     assert lookup_length(FixedPolicy(3), lookup, proposal, 3, 3, mtp=True) == 3
     assert lookup_length(FixedPolicy(3), lookup, proposal[:2], 3, 3, mtp=True) == 0
     assert lookup_length(FixedPolicy(3), lookup, proposal[:2], 3, 0, mtp=False) == 2
+
+
+@pytest.mark.parametrize("variant", ("dense", "e2b"))
+def test_batched_rows_draft_by_lookup_losslessly(pairs, variant):
+    """The batched engine with lookup: beside the MTP drafter (each row from its better source this
+    step) and alone (rows without a match propose filler): every row is its own plain greedy output,
+    lookup drafts are both accepted and rejected, and rows of other kinds join mid-run."""
+    from mlx_spec.core.batch import BatchEngine
+    from mlx_spec.core.policy import BatchPolicy
+
+    pair = pairs[variant]
+    target, drafter = pair.adapter, pair.draft_model
+    prompts = [repetitive_prompt(target, seed) for seed in (0, 3)] + [[2] + list(range(60, 75))]
+    references = [plain_reference(target, p, 90) for p in prompts]
+    for d, policy in ((drafter, BatchPolicy(4, costs_for=lambda rows: StepCosts([1.0, 1.3, 1.4, 1.5, 1.6], smoothing=0))),
+                      (None, BatchPolicy(4, fixed=4))):
+        engine = BatchEngine(target, d, policy, lookup=True)
+        ids = [engine.add(p, max_tokens=90) for p in prompts[:2]]
+        outs = {i: [] for i in ids}
+        steps = 0
+        while engine.active:
+            for o in engine.step():
+                outs.setdefault(o.id, []).extend(o.tokens)
+            steps += 1
+            if steps == 5:
+                outs[engine.add(prompts[2], max_tokens=90)] = []
+        for (row_id, out), (plain, margins) in zip(sorted(outs.items()), references):
+            check_lossless(out, plain, margins, f"{variant} batch lookup row {row_id}", tolerance=tolerance_for(target))
+        rows = engine.stats.rows
+        assert sum(r.lookup_accepted for r in rows) > 0
+        assert sum(r.lookup_drafted - r.lookup_accepted for r in rows) > 0
+        if d is None:
+            assert engine.stats.drafter_forwards == 0 and all(r.drafter_forwards == 0 for r in rows)

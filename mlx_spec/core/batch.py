@@ -37,6 +37,7 @@ from .errors import MlxSpecError
 from .loop import SpecStats, check_token_ids, costs_from, emitted, prefill, synchronize, time_steps
 from .policy import Acceptance, BatchPolicy
 from .prompt_cache import PromptCache
+from .lookup import Lookup, one_hot_logits
 from .sampling import GREEDY, History, Processors, Strategy, accept_rows, draft_rows
 
 
@@ -94,6 +95,7 @@ class Row:
     stats: SpecStats
     seen: Acceptance  # this row's acceptance by draft position
     history: Optional[History] = None  # with logits processors: the tokens before the row's next input
+    lookup: Optional[Lookup] = None  # prompt-lookup drafting for this row (engine `lookup=True`)
     tokens: list[int] = field(default_factory=list)
     finish_reason: Optional[str] = None  # "stop", "length", "cancelled"
 
@@ -122,6 +124,7 @@ class RowsBlock:
     hidden: mx.array  # [B, 1, H]: the target's hidden state at each row's last kept position
     expert_mark: int
     contexts: list  # per row, with logits processors: its history up to the input token (else None)
+    matches: list = field(default_factory=list)  # per row: the lookup match length its drafts continue (0: MTP)
 
 
 def _processed(contexts: list, logits: mx.array, each) -> mx.array:
@@ -132,10 +135,13 @@ def _processed(contexts: list, logits: mx.array, each) -> mx.array:
 
 
 def build_rows_block(target, drafter: Optional[Drafter], rows: list[Row], caches: list, tokens: mx.array,
-                     hidden: mx.array, k: int, exact: bool = False) -> RowsBlock:
+                     hidden: mx.array, k: int, exact: bool = False, given: Optional[list] = None) -> RowsBlock:
     """Queue draft k -> verify B x [token, d1..dk] -> per-row accept (mx.async_eval); read nothing.
-    Rows with logits processors have every position processed with their own history (loop.build_block)."""
+    Rows with logits processors have every position processed with their own history (loop.build_block).
+    `given`: per row, (k drafts proposed on the host, n-gram match length) (prompt lookup: a one-hot q)
+    or None (the MTP drafter's); the drafter runs only if some row needs it."""
     strategies = [r.strategy for r in rows]
+    given = given if given is not None and k else [None] * len(rows)
     with mx.stream(generation_stream):
         contexts = [None if r.history is None else r.history.context(tokens[b : b + 1]) for b, r in enumerate(rows)]
         process = None
@@ -143,11 +149,18 @@ def build_rows_block(target, drafter: Optional[Drafter], rows: list[Row], caches
             def process(logits, drafted):  # drafter logits [B, V] -> processed, given the drafts before them
                 return _processed(contexts, logits, lambda b, lg: rows[b].history.draft(
                     contexts[b], [d[b : b + 1] for d in drafted], lg[None])[0])
-        if k:
+        if k and any(g is None for g in given):
             drafts, draft_logits = propose_rows(drafter, target, caches, tokens, hidden, k,
                                                 lambda lg: draft_rows(strategies, lg), process)
         else:
-            drafts, draft_logits = mx.zeros((len(rows), 0), mx.int32), None
+            drafts, draft_logits = mx.zeros((len(rows), k), mx.int32), None
+        if k and any(g is not None for g in given):  # lookup rows: their drafts, q one-hot at them
+            use = mx.array([g is not None for g in given])
+            host = mx.array([g[0] if g is not None else [0] * k for g in given], dtype=mx.int32)
+            drafts = mx.where(use[:, None], host, drafts)
+            if not all(s is GREEDY for s in strategies):
+                one_hot = one_hot_logits(host.reshape(-1), target.vocab_size).reshape(len(rows), k, -1)
+                draft_logits = one_hot if draft_logits is None else mx.where(use[:, None, None], one_hot, draft_logits.astype(mx.float32))
         inputs = mx.concatenate([tokens.astype(mx.int32)[:, None], drafts], axis=1)  # [B, k + 1]
         if exact and k:
             outs = [target.forward(inputs[:, i : i + 1], caches) for i in range(k + 1)]
@@ -162,7 +175,7 @@ def build_rows_block(target, drafter: Optional[Drafter], rows: list[Row], caches
             if c is not None:
                 row.history.advance(c, [])
     mark = target.moe.pending if target.moe is not None else 0
-    block = RowsBlock(list(rows), k, drafts, n, next_token, kept, mark, contexts)
+    block = RowsBlock(list(rows), k, drafts, n, next_token, kept, mark, contexts, [g[1] if g is not None else 0 for g in given])
     mx.async_eval(block.drafts, block.accepted, block.next_token, block.hidden)
     return block
 
@@ -171,6 +184,32 @@ def read_rows_block(block: RowsBlock, target) -> tuple[list[int], list[list[int]
     """The step's one host synchronisation: per row (n accepted, drafts, next token)."""
     synchronize(block, target)
     return block.accepted.tolist(), block.drafts.tolist(), block.next_token.tolist()
+
+
+@dataclass
+class _Sources:
+    """A row's expected tokens per step when drafting k, from the better of its sources: the MTP drafter
+    (its acceptance by position; None without a drafter: nothing accepted) and prompt lookup (when this
+    step's proposal holds k tokens, the acceptance of its match length). What `BatchPolicy` prices."""
+
+    mtp: Optional[Acceptance]
+    lookup: Optional[Lookup]
+    proposal: list
+    match: int
+
+    def _mtp(self, k: int) -> float:
+        return self.mtp.expected_tokens(k) if self.mtp is not None else 1.0
+
+    def _lookup(self, k: int) -> float:
+        if self.lookup is None or not self.match or len(self.proposal) < k:
+            return 0.0
+        return self.lookup.expected_tokens(self.match, k)
+
+    def lookup_wins(self, k: int) -> bool:
+        return self._lookup(k) > self._mtp(k)
+
+    def expected_tokens(self, k: int) -> float:
+        return max(self._mtp(k), self._lookup(k))
 
 
 class BatchEngine:
@@ -183,10 +222,11 @@ class BatchEngine:
 
     def __init__(self, target, drafter: Optional[Drafter], policy: BatchPolicy, *, exact_verify: bool = False,
                  max_context: Optional[int] = None, prefill_step_size: int = 512, stats: Optional[BatchStats] = None,
-                 max_rollback: Optional[int] = None, prompt_cache: Optional[PromptCache] = None):
+                 max_rollback: Optional[int] = None, prompt_cache: Optional[PromptCache] = None, lookup: bool = False):
         self.target, self.drafter = target, drafter
         self.policy = policy
-        self.k_max = policy.k_max if drafter is not None else 0
+        self.lookup = lookup and policy.k_max > 0  # prompt-lookup drafting per row, beside the drafter or alone
+        self.k_max = policy.k_max if drafter is not None or self.lookup else 0
         self.exact = exact_verify
         self.max_context = max_context or target.max_context
         self.prefill_step_size = prefill_step_size
@@ -227,7 +267,9 @@ class BatchEngine:
         if max_tokens <= 0:
             raise MlxSpecError(f"max_tokens must be at least 1 (got {max_tokens}).")
         row = Row(self._next_id, prompt, strategy, int(max_tokens), frozenset(stop_tokens), SpecStats(), self.policy.new_row(),
-                  None if processors is None else History(processors, prompt))
+                  None if processors is None else History(processors, prompt), Lookup(self.k_max) if self.lookup else None)
+        if row.lookup is not None:
+            row.lookup.extend(prompt)
         self._next_id += 1
         row.stats.prompt_tokens = len(prompt)
         t0 = time.perf_counter()
@@ -272,7 +314,7 @@ class BatchEngine:
         if block is None:
             return outputs
         ahead = None
-        if block.k == 0 and not self._joining and not any(r.finished for r in block.rows):
+        if block.k == 0 and not self._joining and not any(r.finished for r in block.rows) and not self._repeats():
             ahead = self._build(outputs, plain_only=True)  # nothing to roll back: queue the next plain step first
         n, drafts, next_tokens = read_rows_block(block, self.target)
         now = time.perf_counter()
@@ -306,6 +348,8 @@ class BatchEngine:
 
     def _emit(self, row: Row, tokens: list[int], n: int, outputs: list[RowOutput]) -> None:
         row.tokens += tokens
+        if row.lookup is not None:
+            row.lookup.extend(tokens)
         row.stats.generated = len(row.tokens)
         self.stats.generated += len(tokens)
         if tokens and tokens[-1] in row.stop:
@@ -318,18 +362,23 @@ class BatchEngine:
         s = self.stats
         s.steps += 1
         s.target_forwards += 1
-        s.drafter_forwards += block.k
+        if self.drafter is not None and not all(block.matches or [0]):  # some row drafted with the MTP drafter
+            s.drafter_forwards += block.k
         live = [b for b, row in enumerate(block.rows) if not row.finished]
         s.batch_sizes.append(len(live))
         s.draft_lengths.append(block.k)
         s.decode_time += interval
         for b in live:
-            row = block.rows[b]
-            row.stats.record_step(drafts[b], n[b], interval)
-            row.seen.update(block.k, n[b])
+            row, match = block.rows[b], block.matches[b] if block.matches else 0
+            # lookup alone: rows without a match drafted filler, counted as lookup drafts (no drafter ran)
+            row.stats.record_step(drafts[b], n[b], interval, lookup=block.k > 0 and (bool(match) or self.drafter is None))
+            if match:
+                row.lookup.update(match, block.k, n[b])
+            elif self.drafter is not None:
+                row.seen.update(block.k, n[b])
             s.drafted += block.k
             s.accepted += n[b]
-        self.policy.update(block.k, [n[b] for b in live])
+        self.policy.update(block.k, [n[b] for b in live if not (block.matches and block.matches[b])] if self.drafter is not None else [])
         if self.target.moe is not None:
             s.expert_loads, s.expert_bytes = self.target.moe.loads, self.target.moe.bytes
 
@@ -390,12 +439,27 @@ class BatchEngine:
             return None
         room = min(room)  # the verify writes positions length .. length + k of every row
         wanted = max(r.max_tokens - len(r.tokens) - 1 for r in rows)  # drafts beyond this can never be emitted
-        k = 0 if self.drafter is None else max(0, min(self.policy.choose([r.seen for r in rows]), wanted, room))
+        proposals = [r.lookup.propose() for r in rows] if self.lookup and not plain_only else [([], 0)] * len(rows)
+        if self.drafter is None and not self.lookup:
+            k = 0
+        else:
+            seen = [_Sources(r.seen if self.drafter is not None else None, r.lookup, *prop) for r, prop in zip(rows, proposals)]
+            k = max(0, min(self.policy.choose(seen), wanted, room))
         if plain_only and k:
             return None
-        block = build_rows_block(self.target, self.drafter, rows, self.caches, self.tokens, self.hidden, k, self.exact)
+        given = None
+        if k and self.lookup:
+            given = [(prop[:k], m) if s.lookup_wins(k) else None for s, (prop, m) in zip(seen, proposals)]
+            if self.drafter is None:  # lookup alone: a row without a long enough match proposes filler (rejected, exact)
+                given = [g if g is not None else ([0] * k, 0) for g in given]
+        block = build_rows_block(self.target, self.drafter, rows, self.caches, self.tokens, self.hidden, k, self.exact, given)
         self.tokens, self.hidden = block.next_token, block.hidden  # a plain block's successors; replaced after a read
         return block
+
+    def _repeats(self) -> bool:
+        """Some row's context ends in an n-gram seen before: its next step may draft by lookup, which
+        needs the step's token on the host, so the plain step is not queued ahead."""
+        return self.lookup and any(r.lookup.index.match()[0] for r in self.rows if r.lookup is not None)
 
     def close(self) -> None:
         """Finish every request (its caches are freed); the engine can take new ones."""
@@ -412,7 +476,8 @@ class BatchEngine:
 def measure_batch_step_costs(target, drafter: Drafter, rows: int, k_max: int, strategy: Strategy = GREEDY,
                              exact: bool = False, repeats: int = 7, warmup: int = 2, context: int = 64, plain_run: int = 8):
     """`loop.measure_step_costs` for a batch: seconds of one step of `rows` rows drafting k = 0..k_max,
-    timed on the real batched step over a scratch engine whose rows hold `context` tokens each."""
+    timed on the real batched step over a scratch engine whose rows hold `context` tokens each
+    (drafter None: verify-only steps, drafts given on the host as prompt lookup gives them)."""
     if target.moe is None:
         return _measure_batch(target, drafter, rows, k_max, strategy, exact, repeats, warmup, context, plain_run)
     with target.moe.isolated():  # may run in the middle of a run (a new batch size): leave its counts alone
@@ -442,7 +507,8 @@ def _measure_batch(target, drafter, rows, k_max, strategy, exact, repeats, warmu
         trim_all(caches, plain_run)
 
     def spec(k, i):
-        read_rows_block(build_rows_block(target, drafter, engine.rows, caches, varied[i % len(varied)], hidden, k, exact), target)
+        given = None if drafter is not None else [(rng.randint(5, target.vocab_size, size=k).tolist(), 0)] * rows  # verify only
+        read_rows_block(build_rows_block(target, drafter, engine.rows, caches, varied[i % len(varied)], hidden, k, exact, given), target)
         trim_all(caches, k + 1)
 
     return costs_from(target, time_steps(plain, spec, k_max, warmup, repeats, plain_run), rows)

@@ -1,8 +1,11 @@
 """The speculative decoding loop: prompt -> prefill -> draft -> verify -> accept/rollback -> tokens.
 
     prefill   the target reads the prompt once; keep its last hidden state and first new token t.
-    draft     the drafter proposes d1..dk from t, that hidden state and the target's KV (in place).
-    verify    one target forward over [t, d1..dk] gives k+1 next-token distributions.
+    draft     the drafter proposes d1..dk from t, that hidden state and the target's KV (in place);
+              or prompt lookup copies what followed the context's suffix earlier (lookup.py), when
+              that promises more tokens per second.
+    verify    one target forward over [t, d1..dk] gives k+1 next-token distributions; logits
+              processors (penalties, logit bias) shape each position's p and q with its own history.
     accept    the longest prefix of drafts the target agrees with, plus the target's own next token.
     rollback  every cache forgets the rejected drafts' keys: exactly k - n positions.
     stream    yield the n + 1 new tokens (token, from_draft); the hidden state behind the last one
