@@ -180,7 +180,7 @@ def test_sampled_rows_follow_their_own_distribution(pairs):
     settings = [SamplingSettings(temp=1.0), SamplingSettings(temp=0.7, top_k=40)]
     processors = [None, Processors(ProcessorSettings(presence_penalty=1.5, frequency_penalty=0.5, logit_bias={prompts[1][-1]: 2.0}),
                                    target.vocab_size)]
-    n = 400
+    n = 300
     samples = {0: [], 1: []}
     engine = BatchEngine(target, drafter, BatchPolicy(2, fixed=2))
     for chunk in range(4):

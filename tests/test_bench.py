@@ -37,10 +37,10 @@ def test_bench_end_to_end(tiny, tmp_path, monkeypatch):
 def test_controlled_acceptance_matches_alpha(tiny):
     """The random drafter is (almost) never right, so acceptance at position 1 is alpha and at
     position 2 alpha^2 (drafts counted whether or not the earlier ones were accepted); tolerance 0.08
-    (about 3 standard errors with ~350 verify steps)."""
+    (about 3 standard errors with ~300 verify steps)."""
     model, tokenizer = mlx_spec.load(tiny / "dense" / "target", tiny / "dense" / "drafter")
     prompts = load_prompts(default_prompts(), tokenizer, limit=3)
-    for alpha in (0.5, 0.9):
+    for alpha in (0.7,):
         result = Bench(model, tokenizer, prompts, [DraftSettings(4)], max_tokens=200, repeats=1, alpha=alpha).run(progress=False)
         row = next(r for r in result["rows"] if r["config"] == "k=4")
         assert abs(row["acceptance_per_position"][0] - alpha) < 0.08, row

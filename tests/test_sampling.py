@@ -24,7 +24,7 @@ from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from tabular import TabularDrafter, TabularTarget, chi_square, chi_square_critical, empirical
 
 V = 5
-N = 4000
+N = 2000
 PROMPT = [1, 3]
 SETTINGS = SamplingSettings(temp=0.9)
 
@@ -83,7 +83,7 @@ def exact(target):
 @pytest.mark.parametrize("name", ["equal", "random", "adversarial"])
 def test_speculative_sampling_matches_the_target(target, exact, name):
     strategy = make_strategy(replace(SETTINGS, seed=11))
-    samples, stats = sample_first_three(target, drafters(target)[name], strategy, n=3000)
+    samples, stats = sample_first_three(target, drafters(target)[name], strategy, n=2000)
     stat, df = chi_square(empirical(samples), exact, len(samples))
     assert stat < chi_square_critical(df), (name, stat, df)
     rate = stats.accepted / stats.drafted
@@ -105,7 +105,7 @@ def test_filters_apply_to_p_and_q(target):
     settings = SamplingSettings(temp=0.7, top_k=3, top_p=0.95, min_p=0.02)
     exact = target.exact_joint(PROMPT, 3, Distribution(settings))
     strategy = make_strategy(replace(settings, seed=3))
-    samples, _ = sample_first_three(target, drafters(target)["random"], strategy, n=3000)
+    samples, _ = sample_first_three(target, drafters(target)["random"], strategy, n=2000)
     assert all(exact[s] > 0 for s in samples)  # never a filtered-out token
     stat, df = chi_square(empirical(samples), exact, len(samples))
     assert stat < chi_square_critical(df), (stat, df)
@@ -119,7 +119,7 @@ def test_processors_apply_to_p_and_q_position_by_position(target):
                                  presence_context_size=3)
     processors = Processors(settings, V)
     exact = target.exact_joint(PROMPT, 3, Distribution(SETTINGS), processors)
-    samples, stats = sample_first_three(target, drafters(target)["random"], make_strategy(replace(SETTINGS, seed=5)), n=1500,
+    samples, stats = sample_first_three(target, drafters(target)["random"], make_strategy(replace(SETTINGS, seed=5)), n=1000,
                                         processors=processors)
     assert stats.accepted > 0 and stats.accepted < stats.drafted
     stat, df = chi_square(empirical(samples), exact, len(samples))
