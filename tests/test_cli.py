@@ -10,6 +10,7 @@ import sys
 from typer.testing import CliRunner
 
 from mlx_spec.cli import app, main
+from mlx_spec.core.errors import MlxSpecError
 
 runner = CliRunner()
 
@@ -45,10 +46,12 @@ def test_bad_prompt_ids_are_one_line_errors_not_crashes(tiny):
     were accepted silently. Both are now one line and exit code 2, in a real subprocess."""
     exe = [sys.executable, "-m", "mlx_spec.cli", "generate", "-m", str(tiny / "dense" / "target"),
            "-d", str(tiny / "dense" / "drafter-trained"), "--max-tokens", "4", "--prompt-ids"]
-    for ids, shown in (("2,5,99999", "99999"), ("2,-3,7", "-3"), ("2,x", "comma-separated")):
-        res = subprocess.run(exe + [ids], capture_output=True, text=True, timeout=120)
-        assert res.returncode == 2, (ids, res.returncode, res.stderr)
-        assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and shown in res.stderr, res.stderr
+    res = subprocess.run(exe + ["2,5,99999"], capture_output=True, text=True, timeout=120)  # the old segmentation fault
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    assert res.stderr.startswith("error: ") and res.stderr.count("\n") == 1 and "99999" in res.stderr, res.stderr
+    for ids, shown in (("2,-3,7", "-3"), ("2,x", "comma-separated")):  # the same path, in process
+        result = runner.invoke(app, exe[3:] + [ids])
+        assert result.exit_code != 0 and isinstance(result.exception, MlxSpecError) and shown in str(result.exception), ids
 
 
 def test_draft_tokens_range_is_the_same_everywhere(tiny, capsys):
