@@ -11,9 +11,11 @@ detokenizes and streams.
 
 A request becomes the same settings objects the CLI builds: `SamplingSettings` from `temperature`,
 `top_p`, `top_k`, `min_p`, `seed`; fields it leaves out come from the model's `generation_config.json`
-(Gemma 4 ships temperature 1.0, top_p 0.95, top_k 64), else greedy. Stop strings end the text exactly
-where they start (and the row leaves the batch). Bad input is an HTTP 400 with an OpenAI-style error
-body; the server keeps serving every other request.
+(Gemma 4 ships temperature 1.0, top_p 0.95, top_k 64), else greedy; `logit_bias` and the penalties
+become a `ProcessorSettings`, applied at every drafted position. Stop strings end the text exactly
+where they start (and the row leaves the batch). A prompt cache (core/prompt_cache.py) lets a request
+that extends an earlier conversation prefill only its new part (`usage.prompt_tokens_details`). Bad
+input is an HTTP 400 with an OpenAI-style error body; the server keeps serving every other request.
 """
 
 from __future__ import annotations
