@@ -229,6 +229,7 @@ class Worker:
         self.engine = BatchEngine(model.adapter, drafter, self.policy, exact_verify=draft.exact_verify, prompt_cache=self.prompt_cache,
                                   lookup=draft.lookup)
         self.ready = threading.Event()
+        self.warning: Optional[str] = None
         self.max_batch = max_batch
         self.stop_tokens = set(stop_tokens)
         self._cond = threading.Condition()
@@ -256,7 +257,11 @@ class Worker:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        self.policy.prepare(self.max_batch)
+        try:
+            self.policy.prepare(self.max_batch)
+        except Exception as e:  # never a server that stays "loading": serve, decoding plainly, and say why
+            self.warning = f"measuring step costs failed ({type(e).__name__}: {e}); decoding without speculation"
+            self.engine.policy = BatchPolicy(0, fixed=0)
         self.ready.set()
         while True:
             with self._cond:
@@ -371,7 +376,8 @@ def make_app(model: SpeculativeModel, tokenizer, draft: Optional[DraftSettings] 
     async def health(request):
         if not worker.ready.is_set():  # measuring step costs: requests wait in the queue
             return JSONResponse({"status": "loading", "model": name, "live_requests": 0}, status_code=503)
-        return JSONResponse({"status": "ok", "model": name, "live_requests": worker.engine.batch_size})
+        body = {"status": "ok", "model": name, "live_requests": worker.engine.batch_size}
+        return JSONResponse(body | ({"warning": worker.warning} if worker.warning else {}))
 
     card = {"id": name, "object": "model", "created": 0, "owned_by": "mlx-spec"}
 

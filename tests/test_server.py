@@ -243,3 +243,33 @@ def test_a_cancelled_request_frees_its_row(served):
     first, size = asyncio.run(go())
     assert first.tokens and size == 0
     time.sleep(0.05)
+
+
+def test_a_failed_cost_measurement_still_serves(served, monkeypatch):
+    """If measuring step costs fails at start, the server does not stay 'loading': it serves plain
+    decoding (same greedy text) and /health says why."""
+    import mlx_spec.server as server_module
+
+    model, tokenizer, _, _ = served
+    real = server_module.batch_policy_for
+
+    def failing(*args, **kwargs):
+        policy = real(*args, **kwargs)
+
+        def prepare(rows):
+            raise RuntimeError("out of memory")
+
+        policy.prepare = prepare
+        return policy
+
+    monkeypatch.setattr(server_module, "batch_policy_for", failing)
+    app = make_app(model, tokenizer, DraftSettings("auto"), max_batch=2)
+    try:
+        assert app.state.worker.ready.wait(60)
+        [health] = asyncio.run(_get(app, ["/health"]))
+        assert health.json()["status"] == "ok" and "out of memory" in health.json()["warning"]
+        [r] = post_all(app, "/v1/completions", [{"prompt": [2, 40, 17], "max_tokens": 12, "temperature": 0}])
+        text, _, n = reference(model, tokenizer, [2, 40, 17], 12)
+        assert r.json()["choices"][0]["text"] == text and r.json()["speculative"]["drafted"] == 0
+    finally:
+        app.state.worker.close()
