@@ -124,7 +124,7 @@ class RowsBlock:
     hidden: mx.array  # [B, 1, H]: the target's hidden state at each row's last kept position
     expert_mark: int
     contexts: list  # per row, with logits processors: its history up to the input token (else None)
-    matches: list = field(default_factory=list)  # per row: the lookup match length its drafts continue (0: MTP)
+    matches: list  # per row: the lookup match length its drafts continue (0: the MTP drafter's, or filler)
 
 
 def _processed(contexts: list, logits: mx.array, each) -> mx.array:
@@ -362,14 +362,14 @@ class BatchEngine:
         s = self.stats
         s.steps += 1
         s.target_forwards += 1
-        if self.drafter is not None and not all(block.matches or [0]):  # some row drafted with the MTP drafter
+        if self.drafter is not None and not all(block.matches):  # some row drafted with the MTP drafter
             s.drafter_forwards += block.k
         live = [b for b, row in enumerate(block.rows) if not row.finished]
         s.batch_sizes.append(len(live))
         s.draft_lengths.append(block.k)
         s.decode_time += interval
         for b in live:
-            row, match = block.rows[b], block.matches[b] if block.matches else 0
+            row, match = block.rows[b], block.matches[b]
             # lookup alone: rows without a match drafted filler, counted as lookup drafts (no drafter ran)
             row.stats.record_step(drafts[b], n[b], interval, lookup=block.k > 0 and (bool(match) or self.drafter is None))
             if match:
@@ -378,7 +378,7 @@ class BatchEngine:
                 row.seen.update(block.k, n[b])
             s.drafted += block.k
             s.accepted += n[b]
-        self.policy.update(block.k, [n[b] for b in live if not (block.matches and block.matches[b])] if self.drafter is not None else [])
+        self.policy.update(block.k, [n[b] for b in live if not block.matches[b]] if self.drafter is not None else [])
         if self.target.moe is not None:
             s.expert_loads, s.expert_bytes = self.target.moe.loads, self.target.moe.bytes
 

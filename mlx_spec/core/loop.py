@@ -418,7 +418,8 @@ def measure_step_costs(target, drafter: Drafter, k_max: int, strategy: Strategy 
     _, hidden = target.forward(prompt, cache, last_only=True)
     mx.eval(hidden, [c.state for c in cache])
     # varied tokens, so an MoE routes them to different experts as real text does
-    tokens = [mx.array([int(t)], dtype=mx.int32) for t in rng.randint(5, target.vocab_size, size=64)]
+    ids = rng.randint(5, target.vocab_size, size=64).tolist()
+    tokens = [mx.array([t], dtype=mx.int32) for t in ids]
     if target.moe is not None:
         target.moe.flush()
         target.moe.reset()
@@ -433,7 +434,7 @@ def measure_step_costs(target, drafter: Drafter, k_max: int, strategy: Strategy 
         trim_all(cache, plain_run)
 
     def spec(k, i):
-        given = None if drafter is not None else [int(t.item()) for t in tokens[i % 32 + 1 : i % 32 + 1 + k]]
+        given = None if drafter is not None else ids[i % 32 + 1 : i % 32 + 1 + k]  # verify only
         read_block(build_block(target, drafter, strategy, cache, tokens[i % len(tokens)], hidden, k, exact, given=given), target)
         trim_all(cache, k + 1)
 

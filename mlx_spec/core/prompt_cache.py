@@ -100,19 +100,21 @@ class PromptCache:
         tokens = tuple(int(t) for t in tokens)
         if len(tokens) < 2 or self.max_bytes <= 0:
             return
-        layers = [(mx.contiguous(k), mx.contiguous(v), base) for k, v, base in layers]  # compact copies
-        mx.async_eval([a for k, v, _ in layers for a in (k, v)])
-        snap = Snapshot(tokens, layers, sum(k.nbytes + v.nbytes for k, v, _ in layers))
-        if snap.nbytes > self.max_bytes:
-            return
-        for old in list(self.entries.values()):  # one this snapshot serves as well: any prefix the old one could
-            if old.tokens == tokens[: len(old.tokens)] and all(b <= ob for (_, _, b), (_, _, ob) in zip(snap.layers, old.layers)):
-                self._drop(old.tokens)
-        if tokens in self.entries:  # the same tokens, held from further back: keep that one
+        bases = [base for _, _, base in layers]
+        held = self.entries.get(tokens)
+        if held is not None and all(ob <= b for (_, _, ob), b in zip(held.layers, bases)):  # it serves as well: keep it
             self.entries.move_to_end(tokens)
             return
-        self.entries[tokens] = snap
-        self.nbytes += snap.nbytes
+        nbytes = sum(k.nbytes + v.nbytes for k, v, _ in layers)  # what the compact copies will take
+        if nbytes > self.max_bytes:
+            return
+        for old in list(self.entries.values()):  # one this snapshot serves as well: any prefix the old one could
+            if old.tokens == tokens[: len(old.tokens)] and all(b <= ob for b, (_, _, ob) in zip(bases, old.layers)):
+                self._drop(old.tokens)
+        layers = [(mx.contiguous(k), mx.contiguous(v), base) for k, v, base in layers]  # compact copies
+        mx.async_eval([a for k, v, _ in layers for a in (k, v)])
+        self.entries[tokens] = Snapshot(tokens, layers, nbytes)
+        self.nbytes += nbytes
         while self.nbytes > self.max_bytes:
             self._drop(next(iter(self.entries)))
 

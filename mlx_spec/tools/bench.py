@@ -227,6 +227,8 @@ class Bench:
             tokens = sum(max(1, r.stats["generated"] - 1) for r in runs)
             spec_steps = sum(len([d for d in r.stats["drafts_per_step"] if d]) for r in runs)
             lookup_drafted = sum(r.stats["lookup_drafted"] for r in runs)
+            lookup_accepted = sum(r.stats["lookup_accepted"] for r in runs)
+            drafted_total = sum(r.stats["drafted"] for r in runs)
             rows.append({
                 "config": config,
                 "prefill_tps": float(np.mean([r.prefill_tps for r in runs])),
@@ -238,10 +240,9 @@ class Bench:
                 "mean_accepted_length": 1 + accepted_total / steps if steps else 1.0,
                 "acceptance_per_position": [float(a / d) for a, d in zip(accepted, drafted) if d],
                 "lookup_share": sum(r.stats["lookup_steps"] for r in runs) / spec_steps if spec_steps else 0.0,
-                "lookup_acceptance": sum(r.stats["lookup_accepted"] for r in runs) / lookup_drafted if lookup_drafted else None,
-                "mtp_acceptance": ((accepted_total - sum(r.stats["lookup_accepted"] for r in runs))
-                                   / max(1, sum(r.stats["drafted"] for r in runs) - lookup_drafted))
-                                  if sum(r.stats["drafted"] for r in runs) > lookup_drafted else None,
+                "lookup_acceptance": lookup_accepted / lookup_drafted if lookup_drafted else None,
+                "mtp_acceptance": ((accepted_total - lookup_accepted) / (drafted_total - lookup_drafted)
+                                   if drafted_total > lookup_drafted else None),
                 "target_forwards_per_token": sum(r.stats["target_forwards"] - 1 for r in runs) / tokens,
                 "ms_per_step": 1000 * float(np.median([r.stats["decode_time"] / r.stats["steps"] for r in runs if r.stats["steps"]] or [0.0])),
                 "expert_loads_per_token": float(np.mean([r.stats["decode_expert_loads_per_token"] for r in runs])),
