@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
-"""PROJECTION (not a measurement): Gemma 4 26B-A4B and 31B speculative decoding on Apple chips.
+"""PROJECTION (not a measurement): Gemma 4 12B, 26B-A4B and 31B speculative decoding on Apple chips.
 
     python bench/projections.py [--out bench]
 
 Writes bench/PROJECTIONS.md and bench/projections.json from the bundled released configs with the
 bandwidth-bound model of mlx_spec/tools/projection.py: plain decode ceiling per chip, speculative tokens/s
 at per-position acceptance 0.6-0.9 for k = 1..8, with the expert union of an MoE verify and (for
-contrast) without it, and the k the policy picks (k = 0: plain decoding).
+contrast) without it, and the k the policy picks (k = 0: plain decoding); at batch B = 1-8; and with
+cheap drafters (quantized, head restricted to N tokens) whose acceptance cost comes from measurements
+(bench/drafter_quant_tiny.json, bench/restricted_head/coverage.json).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from mlx_spec.tools.projection import (
     verify_bytes,
 )
 
-MODELS = ("gemma-4-26B-A4B-it", "gemma-4-31B-it")
+MODELS = ("gemma-4-12B-it", "gemma-4-26B-A4B-it", "gemma-4-31B-it")
 DTYPES = ("4bit", "bf16")
 ALPHAS = (0.6, 0.7, 0.8, 0.9)
 KS = range(1, 9)
@@ -70,7 +72,7 @@ def build() -> dict:
                     }
                 entry["alphas"][alpha] = row
             entry["batch"] = batch_rows(target_cfg, prof, draft_bytes)
-            entry["cheap_drafters"] = cheap_drafter_rows(prof, draft_bytes / BYTES_PER_PARAM["bf16"])
+            entry["cheap_drafters"] = cheap_drafter_rows(target_cfg, prof, configs.released_config(name + "-assistant"))
             out["models"][f"{name} {dtype}"] = entry
     return out
 
@@ -78,20 +80,52 @@ def build() -> dict:
 # Relative first-position acceptance of a quantized drafter against its float original, measured on the
 # tiny variants' trained drafters (scripts/drafter_quant_acceptance.py -> bench/drafter_quant_tiny.json):
 # 8-bit kept it (1.00-1.03), 4-bit lost 2-20% (0.98 MoE, 0.81 dense, 0.80 E2B). Both ends are projected.
-DRAFTER_VARIANTS = (("bf16", 1.0), ("8bit", 1.0), ("4bit", 0.98), ("4bit", 0.81))
+QUANT_KEEP = {"bf16": (1.0,), "8bit": (1.0,), "4bit": (0.98, 0.81)}
+HEAD_SIZES = (4096, 16384)  # restricted heads projected (all measured sizes are in coverage.json)
 CHEAP_ALPHA = 0.8
+HEAD_MEASUREMENT = Path(__file__).resolve().parent / "restricted_head" / "coverage.json"
 
 
-def cheap_drafter_rows(prof, drafter_param_count: float) -> list[dict]:
-    """Batch 1, alpha 0.8 x the measured relative acceptance: speedup over plain with the policy's k, for
-    the drafter as released (bf16) and quantized to 8 / 4 bits (every drafter weight read per draft step)."""
+def head_keep() -> dict:
+    """Relative first-position acceptance of a head restricted to the top N tokens against the whole
+    vocabulary, measured on the Gemma 3 270M demo pair (scripts/restricted_head_coverage.py)."""
+    heads = json.loads(HEAD_MEASUREMENT.read_text())["heads"]
+    whole = heads["whole vocabulary"]["acceptance_per_position"][0]
+    return {r["head_size"]: {"keep": r["acceptance_per_position"][0] / whole, "coverage": r["coverage"]}
+            for name, r in heads.items() if name.startswith("top ")}
+
+
+def cheap_drafter_rows(target_cfg: dict, prof, drafter_cfg: dict) -> list[dict]:
+    """Alpha 0.8 x the measured relative acceptance: speedup over plain with the policy's k at batch 1
+    and at B = 2-8 (roofline), for the drafter as released (bf16), quantized to 8 / 4 bits (every drafter
+    weight read per draft step), and with its dense head restricted to N tokens."""
+    gbps, tflops = CHIPS_GBPS[BATCH_CHIP], CHIPS_TFLOPS[BATCH_CHIP]
+    flops = 2 * active_params(target_params(target_cfg))
+    heads = head_keep() if not drafter_cfg.get("use_ordered_embeddings") else {}
+    variants = [(dtype, keep, 0, 1.0, 1.0) for dtype, keeps in QUANT_KEEP.items() for keep in keeps]
+    for n in HEAD_SIZES:
+        if n in heads:
+            variants += [("8bit", 1.0, n, heads[n]["keep"], heads[n]["coverage"]),
+                         ("4bit", min(QUANT_KEEP["4bit"]), n, heads[n]["keep"], heads[n]["coverage"])]
+    variants.append(("free", 1.0, 0, 1.0, 1.0))  # the ceiling: a drafter that costs nothing
     rows = []
-    for dtype, keep in DRAFTER_VARIANTS:
-        draft_bytes = drafter_param_count * BYTES_PER_PARAM[dtype]
-        alpha = CHEAP_ALPHA * keep
+    for dtype, quant_keep, head, keep_head, cover in variants:
+        params = 0.0 if dtype == "free" else drafter_params(drafter_cfg, head)
+        draft_bytes = params * BYTES_PER_PARAM.get(dtype, 0.0)
+        alpha = CHEAP_ALPHA * quant_keep * keep_head
         k = best_k(prof, draft_bytes, alpha, expert_union=True)
-        rows.append({"drafter": dtype, "acceptance_kept": keep, "alpha": alpha, "drafter_GB_per_step": draft_bytes / 1e9,
-                     "policy_k": k, "speedup": speedup(prof, draft_bytes, alpha, k, True) if k else 1.0})
+        k_free = best_k(prof, draft_bytes, alpha, expert_union=False)
+        at_batch = {}
+        for batch in BATCHES:
+            base = batch_tokens_per_s(prof, flops, draft_bytes, 2 * params, 0.0, 0, batch, gbps, tflops)
+            kb = best_batch_k(prof, flops, draft_bytes, 2 * params, alpha, batch, gbps, tflops)
+            at_batch[batch] = {"k": kb, "speedup": batch_tokens_per_s(prof, flops, draft_bytes, 2 * params, alpha, kb, batch, gbps, tflops) / base}
+        rows.append({"drafter": "no drafter cost (ceiling)" if dtype == "free" else dtype + (f", head {head}" if head else ""),
+                     "head_size": head or None, "head_coverage": cover if head else None,
+                     "acceptance_kept": quant_keep * keep_head, "alpha": alpha, "drafter_GB_per_step": draft_bytes / 1e9,
+                     "policy_k": k, "speedup": speedup(prof, draft_bytes, alpha, k, True) if k else 1.0,
+                     "no_union": {"k": k_free, "speedup": speedup(prof, draft_bytes, alpha, k_free, False) if k_free else 1.0},
+                     "batch": at_batch})
     return rows
 
 
@@ -119,7 +153,7 @@ def batch_rows(target_cfg: dict, prof, draft_bytes: float) -> dict:
 def markdown(data: dict) -> str:
     chips = list(CHIPS_GBPS)
     lines = [
-        "# PROJECTION: Gemma 4 26B-A4B and 31B speculative decoding on Apple Silicon (batch 1 and B = 1-8)",
+        "# PROJECTION: Gemma 4 12B, 26B-A4B and 31B speculative decoding on Apple Silicon (batch 1 and B = 1-8)",
         "",
         "**Not measured.** Computed by `python bench/projections.py` from the released configs bundled in",
         "`mlx_spec/core/configs/`, with a bandwidth-bound model (`mlx_spec/tools/projection.py`): every weight byte a",
@@ -142,7 +176,7 @@ def markdown(data: dict) -> str:
                   "| alpha | verify | " + " | ".join(f"k={k}" for k in KS) + " | policy k | " + " | ".join(f"{c} tok/s" for c in chips) + " |",
                   "|---|---|" + "---|" * (len(KS) + 1 + len(chips))]
         for alpha, row in e["alphas"].items():
-            moe = "26B" in model
+            moe = bool(target_params(configs.released_config(model.split()[0])).moe_layers)
             for key, label in (("expert_union", "expert union" if moe else "dense"), ("no_expert_union", "no union")):
                 if key == "no_expert_union" and not moe:
                     continue  # dense: identical
@@ -165,15 +199,28 @@ def markdown(data: dict) -> str:
                 c = row["alphas"][a]
                 cells.append(f"{c['roofline']['speedup']:.2f}x (k={c['roofline']['k']}) [{c['bandwidth_only']['speedup']:.2f}x, k={c['bandwidth_only']['k']}]")
             lines.append(f"| {model} | {batch} | {row['plain_tokens_per_s']:.1f} | " + " | ".join(cells) + " |")
-    lines += ["", f"## Cheap drafters at batch 1 (alpha {CHEAP_ALPHA} x the acceptance a quantized drafter kept)", "",
+    keep = head_keep()
+    lines += ["", f"## Cheap drafters (alpha {CHEAP_ALPHA} x the acceptance the cheap drafter kept, measured)", "",
               "The drafter quantized with `mlx-spec convert-drafter --q-bits 8|4` (MLX affine, group 64; every weight,",
-              "the 262144-row head included, read once per draft step). Acceptance kept: 8-bit 1.00, 4-bit 0.98-0.81,",
-              "the range measured on the tiny variants' trained drafters (`bench/drafter_quant_tiny.json`, RESULTS.md);",
-              "released assistants on real text are not measured here.", "",
-              "| target | drafter | drafter GB/step | alpha | policy k | speedup over plain |", "|---|---|---|---|---|---|"]
+              "the head included, read once per draft step) and/or its dense head restricted to the N tokens the",
+              "target writes most (`--head-size N --target T`; other tokens get probability 0, output stays exact).",
+              "Acceptance kept, measured: quantization 8-bit 1.00, 4-bit 0.98-0.81 (tiny variants' trained drafters,",
+              "`bench/drafter_quant_tiny.json`; the 0.81 end is used with restricted heads); restricted head: the",
+              "first-position acceptance of the Gemma 3 270M demo drafter with its head cut to the top N of the",
+              "target's own generations, over its acceptance with the whole 262144-token vocabulary, on held-out",
+              "prompts (`bench/restricted_head/coverage.json`: " + ", ".join(f"N = {n}: {v['keep']:.3f}, coverage {v['coverage']:.3f}" for n, v in sorted(keep.items())) + ").",
+              "Gemma 3 and Gemma 4 share the vocabulary; the released assistants on real text are not measured here.",
+              "'B = 1, no union': every verified token routed to the same experts (fully correlated routing), the",
+              "optimistic bound beside the independent-routing union the other columns price (real adjacent tokens",
+              f"share experts: the truth is between). Batch columns: roofline of the {BATCH_CHIP}, speedup over",
+              "batched plain at the same B (policy k).", "",
+              "| target | drafter | drafter GB/step | alpha | k (B=1) | B = 1 | B = 1, no union | " + " | ".join(f"B = {b}" for b in BATCHES[1:]) + " |",
+              "|---|---|---|---|---|---|---|" + "---|" * (len(BATCHES) - 1)]
     for model, e in data["models"].items():
         for r in e["cheap_drafters"]:
-            lines.append(f"| {model} | {r['drafter']} | {r['drafter_GB_per_step']:.2f} | {r['alpha']:.2f} | {r['policy_k']} | {r['speedup']:.2f}x |")
+            nu = f"{r['no_union']['speedup']:.2f}x (k={r['no_union']['k']})" if "26B" in model else "="
+            lines.append(f"| {model} | {r['drafter']} | {r['drafter_GB_per_step']:.3f} | {r['alpha']:.2f} | {r['policy_k']} | {r['speedup']:.2f}x | {nu} | "
+                         + " | ".join(f"{r['batch'][b]['speedup']:.2f}x (k={r['batch'][b]['k']})" for b in BATCHES[1:]) + " |")
     lines += ["", "Published measurements at batch (beside, not comparable one to one: their acceptance is real text's):", ""]
     lines += [f"- {p}" for p in PUBLISHED_AT_BATCH]
     lines += ["", "Reading it: the dense 31B gains 1.7-3.4x and wants long drafts; the 26B-A4B at 4-bit with the",

@@ -467,37 +467,90 @@ def bench_serve(
 
 @app.command("convert-drafter")
 def convert_drafter(
-    drafter: str = typer.Argument(..., help="A gemma4_assistant drafter: folder or hub id."),
+    drafter: str = typer.Argument(..., help="A Gemma 4 assistant drafter: folder or hub id."),
     out: str = typer.Option(..., "--out", help="Folder for the converted drafter (MLX layout)."),
     q_bits: Optional[int] = typer.Option(None, "--q-bits", help="Quantize every linear layer and the head to 4 or 8 bits (affine)."),
     group_size: int = typer.Option(64, "--group-size", help="Quantization group size (32, 64 or 128); layers whose width it does not divide stay float."),
+    head_size: Optional[int] = typer.Option(None, "--head-size", help="Keep only the head rows of the N tokens the target writes most (needs --target); others get probability 0, output stays lossless."),
+    target: Optional[str] = typer.Option(None, "--target", help="The drafter's target, whose own generations rank the tokens for --head-size."),
+    head_data: Optional[list[str]] = typer.Option(None, "--head-data", help="Text files or folders the target continues for --head-size (default: the bundled chat prompts)."),
+    head_tokens: int = typer.Option(65536, "--head-tokens", help="Generated tokens counted for --head-size."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the sampled generations for --head-size."),
 ) -> None:
-    """Write an MLX-layout copy of a released (or any gemma4_assistant) drafter, optionally quantized:
-    a 4-bit assistant reads ~1/4 of the bytes per draft step (its 262144-row head included)."""
+    """Write an MLX-layout copy of a released (or any Gemma 4 assistant) drafter, optionally with its head
+    restricted to the target's most used tokens and/or quantized: a 4-bit assistant reads ~1/4 of the bytes per
+    draft step (its 262144-row head included); a head of N rows reads 262144 / N times less head."""
     from .core.loading import load_drafter, resolve_path
+    from .core.model_config import ASSISTANT_TYPES
     from .core.models import gemma4_assistant
 
     if q_bits not in (None, 4, 8):
         raise MlxSpecError(f"--q-bits takes 4 or 8 (got {q_bits}).")
     if group_size not in (32, 64, 128):
         raise MlxSpecError(f"--group-size takes 32, 64 or 128 (got {group_size}).")
+    if (head_size is None) != (target is None):
+        raise MlxSpecError("--head-size and --target go together: the target's own generations choose the head's tokens.")
     loaded = load_drafter(drafter)  # validates it is a drafter, with a clear error otherwise
-    if loaded.config.get("model_type") != "gemma4_assistant":
-        raise MlxSpecError(f"{drafter} is a {loaded.config.get('model_type')} drafter: convert-drafter converts gemma4_assistant "
+    if loaded.config.get("model_type") not in ASSISTANT_TYPES:
+        raise MlxSpecError(f"{drafter} is a {loaded.config.get('model_type')} drafter: convert-drafter converts Gemma 4 assistant "
                            "drafters (those `mlx-spec distill` trains are a few MB already).")
-    if loaded.config.get("quantization"):
-        raise MlxSpecError(f"{drafter} is quantized already: convert its float original.")
+    if loaded.config.get("quantization") or loaded.config.get("head_size"):
+        raise MlxSpecError(f"{drafter} is converted already (quantized or restricted): convert its float original.")
+    vocab = int(loaded.text_config["vocab_size"])
+    if head_size is not None:
+        if loaded.config.get("use_ordered_embeddings"):
+            raise MlxSpecError(f"{drafter} has a centroid-masked head (E2B/E4B), which scores only a few clusters already: --head-size is for dense heads.")
+        if not 0 < head_size < vocab:
+            raise MlxSpecError(f"--head-size must be in 1..{vocab - 1} (the vocabulary has {vocab} tokens).")
+        if head_tokens < 1:
+            raise MlxSpecError("--head-tokens must be >= 1.")
     dst = Path(out).expanduser()
     if dst.exists() and any(dst.iterdir()):
         raise MlxSpecError(f"{dst} exists and is not empty: choose another --out.")
+    head = _head_choice(loaded, target, head_size, head_data, head_tokens, seed) if head_size is not None else None
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     quantization = None if q_bits is None else {"group_size": group_size, "bits": q_bits}
-    gemma4_assistant.convert(resolve_path(drafter), tmp, quantization)  # written aside, then renamed: no partial folder
+    try:  # written aside, then renamed: no partial folder
+        gemma4_assistant.convert(resolve_path(drafter), tmp, quantization, head.ids if head else None)
+        if head is not None:
+            (tmp / "head.json").write_text(json.dumps({
+                "target": target, "head_size": len(head.ids), "coverage": head.coverage, "generated_tokens": head.counted,
+                "distinct_tokens": head.distinct, "data": head_data or "bundled chat prompts", "seed": seed,
+                "command": "mlx-spec " + " ".join(sys.argv[1:]),
+            }, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if dst.exists():
         dst.rmdir()
     tmp.rename(dst)
-    typer.echo(f"wrote {dst}" + (f" ({q_bits}-bit, group size {group_size})" if q_bits else ""))
+    parts = ([f"head {len(head.ids)} of {vocab} tokens, covering {head.coverage:.1%} of {head.counted} generated"] if head else []) + \
+        ([f"{q_bits}-bit, group size {group_size}"] if q_bits else [])
+    typer.echo(f"wrote {dst}" + (f" ({'; '.join(parts)})" if parts else ""))
+
+
+def _head_choice(drafter, target: str, head_size: int, head_data, head_tokens: int, seed: int):
+    """The tokens a restricted head keeps: the most frequent in the target's own sampled generations."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from .core.loading import SpeculativeModel, load_target, load_tokenizer, model_folders, validate_pair
+    from .tools.distill import make_prompts, read_texts
+    from .tools.head import bundled_prompts, generation_counts, top_tokens
+
+    loaded = load_target(model_folders(target)[0])
+    validate_pair(loaded, drafter)  # the head must be ranked by the target it drafts for
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    if head_data:
+        prompts = [list(map(int, p)) for p in make_prompts(read_texts(head_data), tokenizer, 64, 48, np.random.RandomState(seed), chat=False)]
+    else:
+        prompts = bundled_prompts()
+    vocab = int(drafter.text_config["vocab_size"])
+    with tqdm(total=head_tokens, desc="target generations for the head", unit="tok", file=sys.stderr) as bar:
+        counts = generation_counts(SpeculativeModel(loaded, None), tokenizer, prompts, head_tokens, vocab, seed=seed,
+                                   progress=lambda n: bar.update(n - bar.n))
+    return top_tokens(counts, head_size, always=sorted(tokenizer.eos_token_ids))
 
 
 @app.command("demo-models")

@@ -6,7 +6,12 @@ float drafter and its 8-bit and 4-bit conversions (`mlx-spec convert-drafter`, i
 mean accepted length, the drafter's bytes (all of it is read per draft step), and whether the output
 stayed the target's plain greedy output (it must: quantizing the drafter only changes proposals).
 
-    python scripts/drafter_quant_acceptance.py TINY_DIR [--variants dense,moe,e2b] [--tokens 120] [--json OUT]
+    python scripts/drafter_quant_acceptance.py TINY_DIR [--variants dense,moe,e2b,unified] [--tokens 120] [--json OUT]
+
+With --demo NAME (smollm2-135m, gemma3-270m; after `mlx-spec demo-models`): the same on a real target and
+its trained demo drafter (`mlx-spec distill`'s kind: its layers quantized with MLX's nn.quantize, group 64;
+its head rows are the target's own table and stay as they are), on held-out prompts (bench/prompts/heldout.jsonl
+and tools/prompts/categories.jsonl, as scripts/restricted_head_coverage.py).
 """
 
 from __future__ import annotations
@@ -38,10 +43,38 @@ def measure(target, drafter, prompts, tokens, k=4):
             "mean_accepted_length": float(1 + accepted.sum() / max(1, steps)), "lossless": bool(lossless)}
 
 
+def demo(name: str, prompts: int, tokens: int) -> list[dict]:
+    import copy
+
+    import mlx.nn as nn
+    from mlx_spec.core.loading import load_tokenizer
+    from restricted_head_coverage import heldout_prompts
+
+    pair = load_pair(name)
+    tokenizer = load_tokenizer(pair.target.path, pair.target.config)
+    ids = [list(tokenizer.encode(row["prompt"])) for row in heldout_prompts(prompts)]
+    rows, float_bytes = [], parameter_bytes(pair.draft_model)
+    for bits in (None, 8, 4):
+        drafter = pair.draft_model
+        if bits is not None:
+            drafter = copy.deepcopy(pair.draft_model)
+            nn.quantize(drafter, group_size=64, bits=bits, class_predicate=lambda p, m: isinstance(m, nn.Linear) and m.weight.shape[-1] % 64 == 0)
+            drafter.attach(pair.target.module)
+        nbytes = parameter_bytes(drafter)
+        row = {"variant": name, "bits": bits, "bytes": nbytes, **measure(pair.adapter, drafter, ids, tokens)}
+        rows.append(row)
+        acc = " ".join(f"{a:.2f}" for a in row["acceptance_per_position"])
+        print(f"| {name} | {'float32' if bits is None else f'{bits}-bit'} | {nbytes:,} | {nbytes / float_bytes:.2f} | {acc} | "
+              f"{row['mean_accepted_length']:.2f} | {'yes' if row['lossless'] else 'NO'} |", flush=True)
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
-    ap.add_argument("tiny")
-    ap.add_argument("--variants", default="dense,moe,e2b")
+    ap.add_argument("tiny", nargs="?")
+    ap.add_argument("--demo", action="append", default=[], help="a demo model name (repeatable)")
+    ap.add_argument("--prompts", type=int, default=16, help="held-out prompts for --demo")
+    ap.add_argument("--variants", default="dense,moe,e2b,unified")
     ap.add_argument("--tokens", type=int, default=120)
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--json")
@@ -49,8 +82,10 @@ def main(argv=None):
     rows = []
     print("| variant | drafter | bytes per draft step | vs float | acceptance by position (k = 4) | mean accepted length | lossless |")
     print("|---|---|---|---|---|---|---|")
+    for name in args.demo:
+        rows += demo(name, args.prompts, args.tokens)
     with tempfile.TemporaryDirectory() as tmp:
-        for variant in args.variants.split(","):
+        for variant in (args.variants.split(",") if args.tiny else []):
             src = Path(args.tiny) / variant / "drafter-trained"
             float_bytes = None
             for bits in (None, 8, 4):

@@ -25,7 +25,9 @@ committed fixtures). Writes, for every tiny variant made by make_tiny_checkpoint
       (drafter-trained, see train_tiny_drafters.py), k = 2 and 4, both with its shared KV as is
       ("reference") and restricted to the accepted tokens' KV ("fixed", our semantics; see AcceptedKV).
 
-    python scripts/make_golden.py --checkpoints /tmp/tiny [--out tests/fixtures]
+    python scripts/make_golden.py --checkpoints /tmp/tiny [--out tests/fixtures] [--variants unified ...]
+
+Variants not named keep their entries in golden.json when it was made by the same library versions.
 """
 
 from __future__ import annotations
@@ -42,7 +44,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import transformers
-from transformers import AutoConfig, Gemma4AssistantForCausalLM, Gemma4ForCausalLM, Gemma4ForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    Gemma4AssistantForCausalLM,
+    Gemma4ForCausalLM,
+    Gemma4ForConditionalGeneration,
+    Gemma4UnifiedAssistantForCausalLM,
+    Gemma4UnifiedForConditionalGeneration,
+)
 from transformers.generation import candidate_generator as cg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,12 +77,20 @@ def prompts_for(variant: str) -> dict[str, list[int]]:
     }
 
 
+TARGET_CLASSES = {"gemma4": Gemma4ForConditionalGeneration, "gemma4_text": Gemma4ForCausalLM,
+                  "gemma4_unified": Gemma4UnifiedForConditionalGeneration}
+DRAFTER_CLASSES = {"gemma4_assistant": Gemma4AssistantForCausalLM, "gemma4_unified_assistant": Gemma4UnifiedAssistantForCausalLM}
+
+
+def load_drafter(path: Path):
+    return DRAFTER_CLASSES[AutoConfig.from_pretrained(path).model_type].from_pretrained(path, dtype=torch.float32).eval()
+
+
 def load_pair(root: Path, variant: str):
     target_dir, drafter_dir = root / variant / "target", root / variant / "drafter"
-    cls = Gemma4ForConditionalGeneration if AutoConfig.from_pretrained(target_dir).model_type == "gemma4" else Gemma4ForCausalLM
+    cls = TARGET_CLASSES[AutoConfig.from_pretrained(target_dir).model_type]
     target = cls.from_pretrained(target_dir, dtype=torch.float32).eval()
-    drafter = Gemma4AssistantForCausalLM.from_pretrained(drafter_dir, dtype=torch.float32).eval()
-    return target, drafter, target_dir, drafter_dir
+    return target, load_drafter(drafter_dir), target_dir, drafter_dir
 
 
 class AcceptedKV:
@@ -195,7 +212,7 @@ def variant_golden(root: Path, variant: str, out_dir: Path) -> dict:
     # with the drafted tokens and accepted count of every step: "fixed" hands the assistant only the
     # KV of accepted tokens (our semantics), "reference" is transformers unchanged.
     trained_dir = root / variant / "drafter-trained"
-    assistant = Gemma4AssistantForCausalLM.from_pretrained(trained_dir, dtype=torch.float32).eval() if trained_dir.exists() else drafter
+    assistant = load_drafter(trained_dir) if trained_dir.exists() else drafter
     for f in sorted(trained_dir.glob("*.safetensors")) if trained_dir.exists() else []:
         meta["files"][f"drafter-trained/{f.name}"] = sha256(f)
     meta["assisted_drafter"] = "drafter-trained" if trained_dir.exists() else "drafter"
@@ -247,16 +264,16 @@ def main(argv=None) -> int:
     (args.out / "golden").mkdir(parents=True, exist_ok=True)
     (args.out / "hf_saved").mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    golden = {
-        "generated_by": "scripts/make_golden.py",
-        "versions": {"transformers": transformers.__version__, "torch": torch.__version__},
-        "variants": {},
-    }
+    versions = {"transformers": transformers.__version__, "torch": torch.__version__}
+    file = args.out / "golden" / "golden.json"
+    golden = json.loads(file.read_text()) if file.exists() else {}
+    if golden.get("versions") != versions:  # variants made by other versions are remade, not mixed
+        golden = {"generated_by": "scripts/make_golden.py", "versions": versions, "variants": {}}
     for variant in args.variants:
         golden["variants"][variant] = variant_golden(args.checkpoints, variant, args.out)
         steps = golden["variants"][variant]["assisted"]
         print(variant, {n: [s["accepted"] for s in a["steps"]] for n, a in steps.items()}, file=sys.stderr)
-    (args.out / "golden" / "golden.json").write_text(json.dumps(golden, indent=1) + "\n")
+    file.write_text(json.dumps(golden, indent=1) + "\n")
     return 0
 
 

@@ -14,6 +14,11 @@ the released google/gemma-4-* checkpoints and their *-assistant drafters are:
           Multimodal `gemma4` layout (text config nested), as the real -it repos. Plain drafter.
   e2b     E2B-like: per-layer embeddings, KV-shared layers, double-wide MLP on shared layers.
           Multimodal layout. Drafter with the ordered / centroid masked embedder.
+  unified 12B-like (`gemma4_unified`): 5 sliding + 1 full layers, k_eq_v full layers with one
+          global KV head, no per-layer inputs, no MoE; the encoder-free vision and audio embedders'
+          weights beside the text ones (a text runtime ignores them); the released 12B config's
+          fields (tests/fixtures/hf_saved has the form transformers 5.24 saves: per_layer_config,
+          no per-layer-input or MoE fields). Drafter `gemma4_unified_assistant`, dense head.
   dense-4bit, moe-4bit
           4-bit affine copies (MLX-converted, mlx-community layout) of the dense and MoE pairs,
           written with mlx-lm's own converter (target) and our drafter quantizer.
@@ -143,8 +148,25 @@ VARIANTS = {
         ),
         "drafter": {"use_ordered_embeddings": True, "num_centroids": 16, "centroid_intermediate_top_k": 4},
     },
+    "unified": {
+        "layout": "unified",
+        "seed": 55,
+        "text": _text_config(
+            model_type="gemma4_unified_text",
+            layer_types=["sliding_attention"] * 5 + ["full_attention"],
+            attention_k_eq_v=True,
+            num_global_key_value_heads=1,
+            use_bidirectional_attention="vision",
+            sliding_window=10,
+        ),
+        "drafter": {"use_ordered_embeddings": False},
+    },
 }
-QUANTIZED = {"dense-4bit": "dense", "moe-4bit": "moe"}
+# small encoder-free vision / audio embedders (transformers' Gemma4UnifiedVisionConfig / AudioConfig)
+UNIFIED_VISION = {"model_type": "gemma4_unified_vision", "mm_embed_dim": 64, "mm_posemb_size": 8, "output_proj_dims": 64,
+                  "patch_size": 4, "pooling_kernel_size": 1, "rms_norm_eps": 1e-6, "initializer_range": 0.02}
+UNIFIED_AUDIO = {"model_type": "gemma4_unified_audio", "audio_embed_dim": 16, "rms_norm_eps": 1e-6, "initializer_range": 0.02}
+QUANTIZED = {"dense-4bit": "dense", "moe-4bit": "moe", "unified-4bit": "unified"}
 # Not written by default: a ~155M-parameter dense shape (620 MB float32) big enough to be
 # bandwidth-bound on a CPU with OpenBLAS (bench/run_proxy.sh), with a drafter ~9% of its size.
 PROXY = {
@@ -183,6 +205,8 @@ def drafter_config(target_text: dict, options: dict, width: int = 32) -> dict:
         hidden_size_per_layer_input=0,
         vocab_size_per_layer_input=0,
     )
+    if target_text["model_type"] == "gemma4_unified_text":
+        text["model_type"] = "gemma4_unified_text"
     config = {
         "architectures": ["Gemma4AssistantForCausalLM"],
         "model_type": "gemma4_assistant",
@@ -194,6 +218,8 @@ def drafter_config(target_text: dict, options: dict, width: int = 32) -> dict:
         "dtype": "float32",
         "text_config": text,
     }
+    if target_text["model_type"] == "gemma4_unified_text":
+        config.update(architectures=["Gemma4UnifiedAssistantForCausalLM"], model_type="gemma4_unified_assistant")
     config.update(options)
     return config
 
@@ -370,10 +396,33 @@ def write_target(out: Path, spec: dict, tokenizer) -> None:
             "vocab_size": text["vocab_size"],
         }
         prefix = "model.language_model"
+    if spec["layout"] == "unified":
+        config.update(architectures=["Gemma4UnifiedForConditionalGeneration"], model_type="gemma4_unified",
+                      vision_config=UNIFIED_VISION, audio_config=UNIFIED_AUDIO)
+        del config["vocab_size"]  # as the released 12B config: mlx-spec must take it from the text config
     _write_json(out / "config.json", config)
     _write_json(out / "generation_config.json", {"bos_token_id": 2, "eos_token_id": [1, END_OF_TURN_ID], "pad_token_id": 0})
-    _save_safetensors(out / "model.safetensors", target_weights(text, spec["seed"], prefix))
+    weights = target_weights(text, spec["seed"], prefix)
+    if spec["layout"] == "unified":
+        weights.update(unified_embedder_weights(text["hidden_size"], spec["seed"]))
+    _save_safetensors(out / "model.safetensors", weights)
     write_tokenizer(out, tokenizer)
+
+
+def unified_embedder_weights(hidden: int, seed: int) -> dict[str, np.ndarray]:
+    """The 12B's encoder-free vision and audio embedders (names and shapes as transformers saves them)."""
+    w = _Weights(seed + 2000)
+    v, a = UNIFIED_VISION, UNIFIED_AUDIO
+    patch = 3 * (v["patch_size"] * v["pooling_kernel_size"]) ** 2
+    w.normal("model.embed_vision.pos_embedding", (v["mm_posemb_size"], 2, v["mm_embed_dim"]), 0.02)
+    for name, dim in (("patch_ln1", patch), ("patch_ln2", v["mm_embed_dim"]), ("pos_norm", v["mm_embed_dim"])):
+        w.norm(f"model.embed_vision.{name}.weight", dim)
+        w.normal(f"model.embed_vision.{name}.bias", (dim,), 0.02)
+    w.linear("model.embed_vision.patch_dense.weight", v["mm_embed_dim"], patch)
+    w.normal("model.embed_vision.patch_dense.bias", (v["mm_embed_dim"],), 0.02)
+    w.linear("model.embed_vision.multimodal_embedder.embedding_projection.weight", hidden, v["mm_embed_dim"])
+    w.linear("model.embed_audio.embedding_projection.weight", hidden, a["audio_embed_dim"])
+    return w.tensors
 
 
 def write_drafter(out: Path, spec: dict) -> None:
@@ -403,16 +452,36 @@ def write_quantized(out_root: Path, name: str, source: str) -> None:
     target_dst = dst / "target"
     if target_dst.exists():
         shutil.rmtree(target_dst)
-    convert(
-        str(out_root / source / "target"),
-        mlx_path=str(target_dst),
-        quantize=True,
-        q_bits=QUANTIZATION["bits"],
-        q_group_size=QUANTIZATION["group_size"],
-    )
+    if VARIANTS[source]["layout"] == "unified":
+        _quantize_unified(out_root / source / "target", target_dst)
+    else:
+        convert(
+            str(out_root / source / "target"),
+            mlx_path=str(target_dst),
+            quantize=True,
+            q_bits=QUANTIZATION["bits"],
+            q_group_size=QUANTIZATION["group_size"],
+        )
     trained = out_root / source / "drafter-trained"
     drafter = trained if trained.exists() else out_root / source / "drafter"
     gemma4_assistant.convert(drafter, dst / "drafter", quantization=QUANTIZATION)
+
+
+def _quantize_unified(src: Path, dst: Path) -> None:
+    """mlx-lm has no gemma4_unified converter: load through mlx-spec (mlx-lm's gemma4 classes), quantize
+    with mlx-lm, and save in its layout (language_model.model.*, config.json keeping model_type
+    gemma4_unified and the multimodal sub-configs, as MLX conversions of the 12B do)."""
+    from mlx_lm.utils import quantize_model, save_config, save_model
+
+    from mlx_spec.core.loading import load_target
+
+    config = json.loads((src / "config.json").read_text())
+    model, config = quantize_model(load_target(src).module, config, QUANTIZATION["group_size"], QUANTIZATION["bits"])
+    save_model(dst, model)
+    save_config(config, dst / "config.json", keep_vision_config=True)
+    for file in src.iterdir():
+        if file.name.startswith(("tokenizer", "special_tokens", "generation_config")):
+            shutil.copyfile(file, dst / file.name)
 
 
 def main(argv=None) -> int:

@@ -33,6 +33,7 @@ from mlx_spec.core.loading import load_drafter, load_target
 from mlx_spec.core.model_config import FULL, SLIDING
 from mlx_spec.core.target import Target
 
+VARIANTS = ["dense", "moe", "e2b", "unified"]  # a variant's index seeds its training
 K = 4
 SEQ_LEN = 64
 NUM_SEQS = 384
@@ -133,11 +134,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoints", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "drafters")
-    parser.add_argument("--variants", nargs="*", default=["dense", "moe", "e2b"])
+    parser.add_argument("--variants", nargs="*", default=list(VARIANTS))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    for i, variant in enumerate(args.variants):
-        drafter = train(args.checkpoints / variant, seed=100 + i)
+    for variant in args.variants:
+        drafter = train(args.checkpoints / variant, seed=100 + VARIANTS.index(variant))
         weights = hf_weights(drafter)
         save_file({k: weights[k] for k in sorted(weights)}, str(args.out / f"{variant}.safetensors"), metadata={"format": "pt"})
     return 0

@@ -13,8 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures"
-VARIANTS = ("dense", "moe", "e2b")
-QUANTIZED = ("dense-4bit", "moe-4bit")
+VARIANTS = ("dense", "moe", "e2b", "unified")
+QUANTIZED = ("dense-4bit", "moe-4bit", "unified-4bit")
 
 sys.path.insert(0, str(ROOT / "scripts"))
 

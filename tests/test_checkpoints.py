@@ -24,14 +24,21 @@ def test_variants_cover_every_released_feature(tiny):
     assert texts["e2b"]["hidden_size_per_layer_input"] and texts["e2b"]["num_kv_shared_layers"]
     assert not drafters["dense"]["use_ordered_embeddings"] and drafters["e2b"]["use_ordered_embeddings"]
     layouts = {v: json.loads((tiny / v / "target" / "config.json").read_text())["model_type"] for v in VARIANTS}
-    assert set(layouts.values()) == {"gemma4", "gemma4_text"}
+    assert set(layouts.values()) == {"gemma4", "gemma4_text", "gemma4_unified"}
+    assert texts["unified"]["model_type"] == "gemma4_unified_text" and drafters["unified"]["model_type"] == "gemma4_unified_assistant"
+    assert not texts["unified"]["hidden_size_per_layer_input"] and not texts["unified"]["enable_moe_block"]
+    from safetensors import safe_open
+
+    with safe_open(str(tiny / "unified" / "target" / "model.safetensors"), "np") as f:  # the 12B's multimodal embedders
+        assert any(k.startswith("model.embed_vision.") for k in f.keys()) and any(k.startswith("model.embed_audio.") for k in f.keys())
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_field_names_are_the_released_ones(tiny, variant):
     """Every field our tiny configs use appears in the released configs of the same kind."""
-    real_target = set(configs.released_config("gemma-4-26B-A4B-it")["text_config"]) | set(configs.released_config("gemma-4-E2B-it")["text_config"])
-    real_drafter = set(configs.released_config("gemma-4-E2B-it-assistant"))
+    released = ("gemma-4-26B-A4B-it", "gemma-4-E2B-it", "gemma-4-12B-it")
+    real_target = set().union(*(configs.released_config(name)["text_config"] for name in released))
+    real_drafter = set(configs.released_config("gemma-4-E2B-it-assistant")) | set(configs.released_config("gemma-4-12B-it-assistant"))
     ours_target = set(text_config_of(json.loads((tiny / variant / "target" / "config.json").read_text())))
     ours_drafter = set(json.loads((tiny / variant / "drafter" / "config.json").read_text()))
     assert ours_target - real_target - {"architectures"} == set()  # top level in the gemma4_text layout

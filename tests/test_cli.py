@@ -96,3 +96,44 @@ def test_convert_drafter_quantizes_and_refuses_bad_input(tiny, tmp_path):
         assert runner.invoke(app, ["convert-drafter", src, "--out", str(tmp_path / "x"), *argv]).exit_code != 0
     assert runner.invoke(app, ["convert-drafter", src, "--out", str(out)]).exit_code != 0  # not empty
     assert runner.invoke(app, ["convert-drafter", str(out), "--out", str(tmp_path / "y"), "--q-bits", "4"]).exit_code != 0  # quantized
+
+
+def test_convert_drafter_restricts_the_head_and_stays_lossless(tiny, tmp_path):
+    """--head-size N --target T: the head keeps the N tokens the target's own generations use most
+    (always its end tokens); those logits are unchanged, all others -inf; greedy output is the target's."""
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_spec import stream_generate
+    from mlx_spec.core.loading import load_drafter, load_pair, load_tokenizer
+
+    src, target, out = tiny / "dense" / "drafter-trained", tiny / "dense" / "target", tmp_path / "head"
+    result = runner.invoke(app, ["convert-drafter", str(src), "--out", str(out), "--head-size", "256", "--target", str(target),
+                                 "--head-tokens", "1200"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "head.json").read_text())
+    assert report["head_size"] == 256 and report["generated_tokens"] >= 1200 and 0.5 < report["coverage"] < 1.0
+    assert json.loads((out / "config.json").read_text())["head_size"] == 256
+
+    full, restricted = load_drafter(src).module, load_drafter(out).module
+    ids = np.array(restricted.head_ids)
+    assert len(set(ids.tolist())) == 256 and {1, 106} <= set(ids.tolist())
+    h = mx.random.normal((2, 1, full.args.text.hidden_size), key=mx.random.key(0))
+    a, b = np.array(full.head(h)), np.array(restricted.head(h))
+    outside = np.setdiff1d(np.arange(a.shape[-1]), ids)
+    np.testing.assert_allclose(b[..., ids], a[..., ids], rtol=1e-5, atol=1e-5)
+    assert np.isneginf(b[..., outside]).all()
+
+    pair = load_pair(target, out)
+    tokenizer = load_tokenizer(pair.target.path, pair.target.config)
+    prompt = [2, 40, 41, 42, 43, 44, 45]
+    runs = {k: list(stream_generate(pair, tokenizer, prompt, max_tokens=48, draft_tokens=k)) for k in (0, 3)}
+    assert [r.token for r in runs[3]] == [r.token for r in runs[0]]
+    stats = runs[3][-1].stats
+    assert stats.accepted > 0 and all(t in set(ids.tolist()) for step in stats.drafts_per_step for t in step)
+
+    for argv in (["--head-size", "256"], ["--head-size", "512", "--target", str(target)], ["--target", str(target)]):
+        assert runner.invoke(app, ["convert-drafter", str(src), "--out", str(tmp_path / "x"), *argv]).exit_code != 0
+    e2b = runner.invoke(app, ["convert-drafter", str(tiny / "e2b" / "drafter"), "--out", str(tmp_path / "y"), "--head-size", "64",
+                              "--target", str(tiny / "e2b" / "target")])
+    assert e2b.exit_code != 0 and "centroid" in str(e2b.exception)

@@ -254,3 +254,28 @@ def test_offline_hub_id_not_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ModelFilesError, match="not in the local Hugging Face cache"):
         resolve_path("google/gemma-4-E2B-it")
+
+
+def test_unified_config_without_per_layer_input_fields(tiny, tmp_path, golden_arrays):
+    """A gemma4_unified config as transformers builds it from scratch has no per-layer-input or MoE
+    fields (its Gemma4UnifiedTextConfig removes them), and mlx-lm's defaults for them would build a
+    different model (256-wide per-layer inputs, 20 KV-shared layers, double-wide MLPs)."""
+    target = copy_model(tiny / "unified" / "target", tmp_path / "target")
+    config = json.loads((target / "config.json").read_text())
+    for key in ("hidden_size_per_layer_input", "vocab_size_per_layer_input", "enable_moe_block", "num_experts",
+                "top_k_experts", "moe_intermediate_size", "num_kv_shared_layers", "use_double_wide_mlp"):
+        config["text_config"].pop(key, None)
+    (target / "config.json").write_text(json.dumps(config))
+    text = normalize_text_config(config["text_config"])
+    assert text["hidden_size_per_layer_input"] == 0 and text["num_kv_shared_layers"] == 0 and not text["use_double_wide_mlp"]
+    g = golden_arrays("unified")
+    logits = load_target(target).module(mx.array(g["prompt_long"])[None])[0]
+    assert float(mx.abs(logits - mx.array(g["target_logits_long"])).max()) <= 2e-4
+
+
+def test_unified_names_and_bundled_configs():
+    assert default_drafter("google/gemma-4-12B-it") == "google/gemma-4-12B-it-assistant"
+    assert default_drafter("mlx-community/gemma-4-12B-it-4bit") == "google/gemma-4-12B-it-assistant"
+    target, drafter = configs.released_config("gemma-4-12B-it"), configs.released_config("gemma-4-12B-it-assistant")
+    assert target["model_type"] == "gemma4_unified" and drafter["model_type"] == "gemma4_unified_assistant"
+    assert configs.released_target_like(target["text_config"]) == "gemma-4-12B-it"

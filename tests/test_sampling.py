@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from types import SimpleNamespace
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -50,10 +52,13 @@ def drafters(target: TabularTarget) -> dict:
     rng = np.random.RandomState(5)
     adversarial = np.full((V, V), -1e9, dtype=np.float32)
     adversarial[:, 0] = 0.0  # always proposes token 0: no mass anywhere else
+    restricted = target.table.copy()
+    restricted[..., ::2] = -np.inf  # p itself on a head restricted to half the vocabulary: q = 0 on the rest
     return {
         "equal": TabularDrafter(V, target=target),
         "random": TabularDrafter(V, table=(rng.standard_normal((V, V)) * 2).astype(np.float32)),
         "adversarial": TabularDrafter(V, table=adversarial),
+        "restricted": TabularDrafter(V, target=SimpleNamespace(table=restricted)),
     }
 
 
@@ -80,7 +85,7 @@ def exact(target):
     return target.exact_joint(PROMPT, 3, Distribution(SETTINGS))
 
 
-@pytest.mark.parametrize("name", ["equal", "random", "adversarial"])
+@pytest.mark.parametrize("name", ["equal", "random", "adversarial", "restricted"])
 def test_speculative_sampling_matches_the_target(target, exact, name):
     strategy = make_strategy(replace(SETTINGS, seed=11))
     samples, stats = sample_first_three(target, drafters(target)[name], strategy, n=2000)
@@ -91,6 +96,8 @@ def test_speculative_sampling_matches_the_target(target, exact, name):
         assert rate > 0.99  # p == q: every draft accepted
     if name == "adversarial":
         assert rate < 0.5
+    if name == "restricted":  # accepted where p's token is in the head
+        assert 0.05 < rate < 0.9
 
 
 def test_biased_sampler_is_caught(target, exact):

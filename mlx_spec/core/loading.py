@@ -20,6 +20,7 @@ import mlx.nn as nn
 from . import configs
 from .errors import ConfigError, ModelFilesError, PairMismatchError
 from .model_config import (
+    ASSISTANT_TYPES,
     DRAFTER_TYPE,
     DRAFTER_TYPES,
     FULL,
@@ -27,6 +28,7 @@ from .model_config import (
     TARGET_TYPES,
     head_dim,
     kv_heads,
+    mlx_lm_overrides,
     normalize_config,
     read_config,
     text_config_of,
@@ -122,13 +124,9 @@ def load_target(path_or_repo: str | os.PathLike, lazy: bool = False) -> LoadedMo
     if model_type not in TARGET_TYPES and not _mlx_lm_supports(model_type):
         raise ConfigError(f"{path_or_repo} is a {model_type!r} model, which mlx-lm cannot load; mlx-spec speeds up Gemma 4 ({', '.join(TARGET_TYPES)}) and mlx-lm decoders.")
     config = normalize_config(raw, f"{path}/config.json")
-    # mlx-lm's gemma4 wrapper copies a top-level vocab_size (default 262144) into the text config.
-    overrides = {"text_config": config["text_config"], "vocab_size": config["text_config"].get("vocab_size", 262144)} if "text_config" in config else {
-        k: config[k] for k in ("global_head_dim", "num_global_key_value_heads") if k in config
-    }
     _weight_files(path)
     try:
-        model, _ = load_model(path, lazy=True, model_config=overrides)
+        model, _ = load_model(path, lazy=True, model_config=mlx_lm_overrides(config))
         if not lazy:
             mx.eval(model.parameters())
     except ModelFilesError:
@@ -156,7 +154,7 @@ def load_drafter(path_or_repo: str | os.PathLike) -> LoadedModel:
     raw = read_config(path)
     if raw.get("model_type") == mtp_drafter.MODEL_TYPE:
         config, build, fix = raw, mtp_drafter.build, "retrain or re-copy the drafter"
-    elif raw.get("model_type") == DRAFTER_TYPE:
+    elif raw.get("model_type") in ASSISTANT_TYPES:
         config, build, fix = normalize_config(raw, f"{path}/config.json"), gemma4_assistant.build, "re-download or re-convert the drafter"
         validate_drafter_config(config, str(path_or_repo))
     else:

@@ -13,9 +13,21 @@ from pathlib import Path
 
 from .errors import ConfigError, ModelFilesError
 
-TARGET_TYPES = ("gemma4", "gemma4_text")
+TARGET_TYPES = ("gemma4", "gemma4_text", "gemma4_unified", "gemma4_unified_text")
 DRAFTER_TYPE = "gemma4_assistant"
-DRAFTER_TYPES = (DRAFTER_TYPE, "mlx_spec_mtp")
+ASSISTANT_TYPES = (DRAFTER_TYPE, "gemma4_unified_assistant")  # the released MTP drafters (12B: unified)
+DRAFTER_TYPES = (*ASSISTANT_TYPES, "mlx_spec_mtp")
+# Gemma 4 12B (`gemma4_unified`): its text decoder is gemma4_text's computation without per-layer
+# inputs or MoE (transformers' Gemma4UnifiedTextDecoderLayer: Gemma 2 norms, Gemma 4 attention and
+# MLP, layer_scalar; tests/test_parity.py checks it against transformers), so mlx-lm's gemma4 /
+# gemma4_text run it. transformers' unified config omits the per-layer-input and MoE fields, whose
+# mlx-lm defaults differ (a 256-wide per-layer input, 20 KV-shared layers, a double-wide MLP):
+# the unified values are stated explicitly.
+MLX_LM_TYPE = {"gemma4_unified": "gemma4", "gemma4_unified_text": "gemma4_text"}
+UNIFIED_TEXT_FIXED = {"hidden_size_per_layer_input": 0, "vocab_size_per_layer_input": 0, "enable_moe_block": False,
+                      "num_experts": None, "top_k_experts": None, "moe_intermediate_size": None}
+UNIFIED_TEXT_DEFAULTS = {"num_key_value_heads": 4, "num_kv_shared_layers": 0, "use_double_wide_mlp": False, "attention_k_eq_v": False,
+                         "final_logit_softcapping": None, "sliding_window": 1024, "max_position_embeddings": 262144}
 SLIDING, FULL = "sliding_attention", "full_attention"
 
 
@@ -44,6 +56,8 @@ def text_config_of(config: dict) -> dict:
 def normalize_text_config(text: dict, where: str = "config.json") -> dict:
     """Return a copy with `global_head_dim` / `num_global_key_value_heads` set (from `per_layer_config` if needed)."""
     text = dict(text)
+    if text.get("model_type") == "gemma4_unified_text":
+        text = {**UNIFIED_TEXT_DEFAULTS, **text, **UNIFIED_TEXT_FIXED}
     per_layer = text.pop("per_layer_config", None)
     if not per_layer or "global_head_dim" in text:
         return text
@@ -65,6 +79,26 @@ def normalize_text_config(text: dict, where: str = "config.json") -> dict:
     text["global_head_dim"] = overrides.get("head_dim", text.get("head_dim"))
     text["num_global_key_value_heads"] = overrides.get("num_key_value_heads")
     return text
+
+
+def mlx_lm_overrides(config: dict) -> dict:
+    """What mlx-lm's loader must be told on top of a normalised config.json: the text part in the
+    normalised form (nested: with the vocabulary size mlx-lm's gemma4 wrapper copies from the top
+    level, default 262144), and the mlx-lm model type for the 12B (`gemma4_unified` -> `gemma4`)."""
+    overrides: dict = {}
+    if isinstance(config.get("text_config"), dict):
+        text = dict(config["text_config"])
+        if text.get("model_type") in MLX_LM_TYPE:
+            text["model_type"] = MLX_LM_TYPE[text["model_type"]]
+        overrides.update(text_config=text, vocab_size=text.get("vocab_size", 262144))
+    elif config.get("model_type") == "gemma4_unified_text":
+        overrides.update({k: v for k, v in config.items() if k in (*UNIFIED_TEXT_FIXED, *UNIFIED_TEXT_DEFAULTS)})
+    if config.get("model_type") in MLX_LM_TYPE:
+        overrides["model_type"] = MLX_LM_TYPE[config["model_type"]]
+    for key in ("global_head_dim", "num_global_key_value_heads"):
+        if key in config and "text_config" not in overrides:
+            overrides[key] = config[key]
+    return overrides
 
 
 def normalize_config(config: dict, where: str = "config.json") -> dict:

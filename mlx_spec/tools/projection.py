@@ -69,7 +69,9 @@ def target_params(config: dict) -> ParamCounts:
     )
 
 
-def drafter_params(config: dict) -> float:
+def drafter_params(config: dict, head_size: int = 0) -> float:
+    """Parameters a draft step reads; `head_size` > 0: a dense head restricted to that many rows
+    (`mlx-spec convert-drafter --head-size`)."""
     text, backbone = text_config_of(config), config["backbone_hidden_size"]
     hidden = text["hidden_size"]
     total = 3 * hidden * backbone  # pre_projection (2 backbone -> hidden) + post_projection
@@ -78,7 +80,7 @@ def drafter_params(config: dict) -> float:
     if config.get("use_ordered_embeddings"):
         top = config.get("centroid_intermediate_top_k", 32) / config.get("num_centroids", 2048)
         return total + hidden * config.get("num_centroids", 2048) + text["vocab_size"] * hidden * top
-    return total + text["vocab_size"] * hidden
+    return total + (head_size or text["vocab_size"]) * hidden
 
 
 def profile(config: dict, dtype: str) -> MoEProfile:

@@ -1,6 +1,6 @@
 """Released Gemma 4 configs (public facts), bundled for pair checks and cost projections.
 
-Files: gemma-4-{E2B,E4B,26B-A4B,31B}-it.json and their -assistant drafters. Where each value came
+Files: gemma-4-{E2B,E4B,12B,26B-A4B,31B}-it.json and their -assistant drafters. Where each value came
 from: SOURCES.md beside them.
 """
 
@@ -10,7 +10,7 @@ import json
 from functools import lru_cache
 from importlib import resources
 
-TARGETS = ("gemma-4-E2B-it", "gemma-4-E4B-it", "gemma-4-26B-A4B-it", "gemma-4-31B-it")
+TARGETS = ("gemma-4-E2B-it", "gemma-4-E4B-it", "gemma-4-12B-it", "gemma-4-26B-A4B-it", "gemma-4-31B-it")
 ASSISTANT_SUFFIX = "-assistant"
 
 

@@ -11,6 +11,12 @@ fixed position of the last seen token. The final hidden state gives the logits (
 or the centroid-masked head of E2B/E4B) and, through `post_projection`, the "last hidden" input of
 the next draft step.
 
+A dense head can be restricted to `head_size` target tokens (`restrict_head`, `mlx-spec
+convert-drafter --head-size`): the tied table keeps only their rows (`head_ids`), every other token
+gets logit -inf, probability 0 under the drafter, so rejection sampling stays exact and a draft
+step reads vocab / head_size times fewer head bytes. The assistants of 26B-A4B and 31B spend ~0.27B
+of their ~0.42B parameters on the 262144-row head.
+
 The decoder layers are mlx-lm's own `gemma4_text.DecoderLayer` (every layer KV-shared, so it
 builds no k/v projections); this file adds the projections, the masked embedder and loading.
 """
@@ -40,6 +46,7 @@ class ModelArgs(BaseModelArgs):
     centroid_intermediate_top_k: int = 32
     tie_word_embeddings: bool = True
     quantization: Optional[dict] = None
+    head_size: int = 0  # rows of a restricted head (0: the whole vocabulary); see restrict_head
     text: gemma4_text.ModelArgs = field(init=False)
 
     def __post_init__(self):
@@ -86,7 +93,7 @@ class AssistantBody(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         text = args.text
-        self.embed_tokens = nn.Embedding(text.vocab_size, text.hidden_size)
+        self.embed_tokens = nn.Embedding(args.head_size or text.vocab_size, text.hidden_size)  # the tied head
         self.layers = [gemma4_text.DecoderLayer(text, i) for i in range(text.num_hidden_layers)]
         self.norm = nn.RMSNorm(text.hidden_size, eps=text.rms_norm_eps)
 
@@ -103,6 +110,8 @@ class Model(nn.Module):
         self.post_projection = nn.Linear(hidden, backbone, bias=False)
         if args.use_ordered_embeddings:
             self.masked_embedding = MaskedEmbedder(args)
+        if args.head_size:
+            self.head_ids = mx.zeros((args.head_size,), dtype=mx.int32)  # the target tokens the head rows score
 
     @property
     def sliding_span(self) -> int:
@@ -154,14 +163,18 @@ class Model(nn.Module):
         """Logits from the final-normed drafter hidden state."""
         if self.args.use_ordered_embeddings:
             return self.masked_embedding(h, self.model.embed_tokens)
-        return self.model.embed_tokens.as_linear(h)
+        logits = self.model.embed_tokens.as_linear(h)
+        if not self.args.head_size:
+            return logits
+        out = mx.full((*logits.shape[:-1], self.args.text.vocab_size), -mx.inf, dtype=logits.dtype)
+        return mx.put_along_axis(out, mx.broadcast_to(self.head_ids, logits.shape), logits, axis=-1)
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         out = {}
         for key, value in weights.items():
             if key == "lm_head.weight" or "rotary_emb" in key:
                 continue  # tied to model.embed_tokens; RoPE tables are recomputed
-            if key.endswith("token_ordering"):
+            if key.endswith("token_ordering") or key == "head_ids":
                 value = value.astype(mx.int32)
             out[key] = value
         return out
@@ -200,6 +213,25 @@ def build(config: dict, weights: dict[str, mx.array]) -> Model:
     return model
 
 
+def restrict_head(model: Model, config: dict, head_ids) -> None:
+    """Keep only the head rows of `head_ids` (target token ids); other tokens get probability 0.
+    Updates `config` (head_size) to match. Dense-head float drafters only."""
+    if model.args.use_ordered_embeddings:
+        raise ValueError("a centroid-masked head (E2B/E4B assistants) scores only a few clusters already; restrict dense heads")
+    if model.args.head_size or config.get("quantization"):
+        raise ValueError("restrict the head of the float drafter with its whole vocabulary")
+    ids = mx.array(sorted({int(i) for i in head_ids}), dtype=mx.int32)
+    vocab = model.args.text.vocab_size
+    if ids.size == 0 or int(ids[0]) < 0 or int(ids[-1]) >= vocab:
+        raise ValueError(f"head ids must be distinct token ids in 0..{vocab - 1}")
+    rows = model.model.embed_tokens.weight[ids]
+    model.args.head_size = config["head_size"] = int(ids.size)
+    model.model.embed_tokens = nn.Embedding(int(ids.size), rows.shape[-1])
+    model.model.embed_tokens.weight = rows
+    model.head_ids = ids
+    mx.eval(model.parameters(), model.head_ids)
+
+
 def quantize(model: Model, group_size: int, bits: int, mode: str = "affine") -> None:
     """Quantize every Linear and the tied head whose input width fits the group size."""
     nn.quantize(
@@ -211,11 +243,14 @@ def quantize(model: Model, group_size: int, bits: int, mode: str = "affine") -> 
     )
 
 
-def convert(src: Path, dst: Path, quantization: Optional[dict] = None) -> None:
-    """Write an MLX-layout copy of a drafter (optionally quantized), like mlx-lm's converter does."""
+def convert(src: Path, dst: Path, quantization: Optional[dict] = None, head_ids=None) -> None:
+    """Write an MLX-layout copy of a drafter (optionally with its head restricted to `head_ids`,
+    then optionally quantized), like mlx-lm's converter does."""
     src, dst = Path(src), Path(dst)
     config = json.loads((src / "config.json").read_text())
     model = build(config, load_weights(src))
+    if head_ids is not None:
+        restrict_head(model, config, head_ids)
     if quantization is not None:
         quantize(model, quantization["group_size"], quantization["bits"], quantization.get("mode", "affine"))
         config["quantization"] = dict(quantization)

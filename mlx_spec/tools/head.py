@@ -1,0 +1,88 @@
+"""Which target tokens a restricted drafter head keeps (`mlx-spec convert-drafter --head-size N`).
+
+A released assistant's dense head scores all 262144 tokens; a draft step of the 26B-A4B / 31B
+assistants reads ~0.27B head parameters for it. Restricted to the N tokens the target itself writes
+most often, the head reads vocab / N times less, and every other token gets drafter probability 0:
+rejection sampling stays exact, only acceptance can drop, where the target's token is outside the
+head (`coverage` says how often that is).
+
+The frequencies come from the target's own generations: replies to the bundled chat prompts
+(tools/prompts), or continuations of stretches of the user's text files (`--head-data`), sampled at
+temperature 1 (the Gemma 4 default) so that repeated prompts add new text, until `tokens` tokens
+are written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from typing import Callable, Iterable, Optional, Sequence
+
+import numpy as np
+
+from ..core.errors import MlxSpecError
+
+
+@dataclass
+class HeadChoice:
+    ids: list[int]  # sorted target token ids
+    coverage: float  # share of the counted generated tokens the ids cover
+    counted: int  # generated tokens counted
+    distinct: int  # distinct tokens among them
+
+
+def bundled_prompts() -> list[str]:
+    """The chat prompts shipped with mlx-spec (tools/prompts/*.jsonl)."""
+    prompts = []
+    for name in ("default.jsonl", "categories.jsonl"):
+        for line in (resources.files("mlx_spec.tools") / "prompts" / name).read_text().splitlines():
+            if line.strip():
+                prompts.append(json.loads(line)["prompt"])
+    return prompts
+
+
+def generation_counts(model, tokenizer, prompts: Sequence, tokens: int, vocab: int, *, max_tokens: int = 256,
+                      batch: int = 8, temp: float = 1.0, seed: int = 0,
+                      progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+    """Counts [vocab] of the tokens the target generates for `prompts` (strings are chat-wrapped,
+    id lists taken as they are), round after round with new seeds, until `tokens` are counted."""
+    from ..generate import batch_generate, user_turn_tokens
+
+    if not prompts:
+        raise MlxSpecError("no prompts to generate from")
+    ids = [user_turn_tokens(tokenizer, p) if isinstance(p, str) else list(p) for p in prompts]
+    counts = np.zeros(vocab, dtype=np.int64)
+    done, start, round_ = 0, 0, 0
+    while done < tokens:
+        group = [ids[(start + i) % len(ids)] for i in range(batch)]
+        start += batch
+        out = batch_generate(model, tokenizer, group, max_tokens=max_tokens, temp=temp, seed=seed * 7919 + round_,
+                             draft_tokens=0)
+        round_ += 1
+        for row in out.tokens:
+            np.add.at(counts, np.asarray(row, dtype=np.int64), 1)
+            done += len(row)
+        if progress is not None:
+            progress(min(done, tokens))
+        if not any(out.tokens):
+            raise MlxSpecError("the target generated nothing (every reply ended at once); pass --head-data text files")
+    return counts
+
+
+def top_tokens(counts: np.ndarray, size: int, always: Iterable[int] = ()) -> HeadChoice:
+    """The `size` most counted tokens (ties: lower id first) plus `always` (end-of-turn ids), sorted."""
+    always = [int(t) for t in always if 0 <= int(t) < len(counts)]
+    if size <= len(always):
+        raise MlxSpecError(f"--head-size {size} must exceed the {len(always)} end-of-sequence tokens it always keeps")
+    priority = counts.astype(np.float64)
+    priority[always] = np.inf
+    top = np.argsort(-priority, kind="stable")[:size]
+    total = int(counts.sum())
+    return HeadChoice(sorted(int(t) for t in top), float(counts[top].sum()) / max(1, total), total, int((counts > 0).sum()))
+
+
+def coverage(counts: np.ndarray, ids: Sequence[int]) -> float:
+    """Share of the counted tokens that `ids` cover."""
+    total = int(counts.sum())
+    return float(counts[np.asarray(list(ids), dtype=np.int64)].sum()) / max(1, total)
