@@ -47,7 +47,8 @@ def _summary(pair) -> dict:
     else:
         d = drafter.text_config
         drafter_info = {"layers": len(d["layer_types"]), "hidden_size": d["hidden_size"],
-                        "head": "centroid-masked" if drafter.config.get("use_ordered_embeddings") else "dense"}
+                        "head": "centroid-masked" if drafter.config.get("use_ordered_embeddings")
+                        else (f"dense, restricted to {drafter.config['head_size']} tokens" if drafter.config.get("head_size") else "dense")}
     return {
         "target": {
             "name": target.name,
@@ -581,6 +582,8 @@ def distill(
     time_budget: Optional[float] = typer.Option(None, "--time-budget", help="Stop training after this many minutes (the drafter is still written)."),
     draft_tokens: int = typer.Option(4, "--draft-tokens", "-k", help="Draft steps unrolled in training and scored in evaluation."),
     head_size: int = typer.Option(8192, "--head-size", help="Most frequent target tokens the drafter's head scores (0: whole vocabulary)."),
+    soft_weight: float = typer.Option(0.5, "--soft-weight", help="Weight of matching the target's distribution (KL to its top tokens at temperature 1: what acceptance under sampling needs); the rest on its greedy token. 0: greedy labels only."),
+    soft_top: int = typer.Option(16, "--soft-top", help="Target tokens per position recorded for --soft-weight."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Drafter layers (default: one per attention type the target has)."),
     batch: int = typer.Option(8, "--batch", help="Sequences per training step."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per collected sequence (prompt + continuation)."),
@@ -599,11 +602,13 @@ def distill(
 
     if tokens < 1 or steps < 0 or draft_tokens < 1 or batch < 1 or not 8 < prompt_len < seq_len:
         raise MlxSpecError("distill needs --tokens >= 1, --steps >= 0, --draft-tokens >= 1, --batch >= 1 and 8 < --prompt-len < --seq-len.")
+    if not 0 <= soft_weight <= 1 or soft_top < 1:
+        raise MlxSpecError("distill needs 0 <= --soft-weight <= 1 and --soft-top >= 1.")
     target_path, _ = model_folders(target)
     loaded = load_target(target_path)
     tokenizer = load_tokenizer(loaded.path, loaded.config)
     cfg = DistillConfig(seq_len=seq_len, prompt_len=prompt_len, collect_batch=collect_batch, tokens=tokens,
-                        draft_tokens=draft_tokens, head_size=head_size, layers=layers, batch=batch, steps=steps,
+                        draft_tokens=draft_tokens, head_size=head_size, soft_weight=soft_weight, soft_top=soft_top, layers=layers, batch=batch, steps=steps,
                         lr=lr, time_budget=time_budget, seed=seed)
     report = run_distill(loaded.module, target, tokenizer, data, Path(out), cfg, progress=progress, echo=typer.echo)
     typer.echo(f"wrote drafter to {out} ({report.steps} steps, {report.train_seconds / 60:.1f} min training, "

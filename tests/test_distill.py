@@ -17,7 +17,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_spec import generate, load
-from mlx_spec.tools.distill import DistillConfig, distill, free_running_acceptance, read_texts
+from mlx_spec.tools.distill import Batches, DistillConfig, Shard, distill, free_running_acceptance, k_step_loss, read_texts
 from mlx_spec.core.errors import MlxSpecError, PairMismatchError
 from mlx_spec.core.loading import load_target, load_tokenizer
 from mlx_spec.core.model_config import FULL, SLIDING
@@ -129,6 +129,7 @@ def test_distill_writes_a_drafter_that_learned_and_loads(distilled):
         for j in range(2):  # draft j + 2 is scored only where draft j + 1 was right
             assert drafted[j + 1] <= round(acc[j] * drafted[j]), (kind, acc, drafted)
         assert report.heldout["expected_accepted_at_k"]["1"] == pytest.approx(acc[0])
+        assert 0 < report.heldout["sampled_acceptance_first_position"] < 1  # the soft objective's measure (default on)
         assert (folder / ".distill" / "checkpoint" / "state.json").exists()
 
 
@@ -211,7 +212,7 @@ def test_free_running_acceptance_of_a_perfect_oracle():
             self.target = type("T", (), {"embed": staticmethod(lambda t: mx.zeros((*t.shape, 4)))})()
 
         def get(self, rows):
-            return None, mx.zeros((len(rows), self.hidden.shape[1] - 1, 4)), {}, None, None
+            return None, mx.zeros((len(rows), self.hidden.shape[1] - 1, 4)), {}, None, None, None
 
     tokens = np.arange(3, 3 + 2 * 12).reshape(2, 12).astype(np.int32)
 
@@ -236,6 +237,43 @@ def test_free_running_acceptance_of_a_perfect_oracle():
     cut = free_running_acceptance(Oracle(), Data(tokens), np.arange(2), 3, eos=[int(tokens[0, 8])])
     assert cut["acceptance_per_position"] == [1.0, 1.0, 1.0]
     assert cut["drafted_per_position"][0] == result["drafted_per_position"][0] - (11 - 8)
+
+
+def test_soft_targets_and_reply_end_mask(targets):
+    """Labels after a reply's first end token get weight 0; soft targets are the recorded top tokens,
+    mapped into the head and renormalised; the soft term is the cross-entropy against them."""
+    module = load_target(targets["llama"]).module
+    target = Target(module, {}, track_experts=False)
+    T, K, H = 10, 3, target.hidden_size
+    rng = np.random.RandomState(0)
+    tokens = rng.randint(5, 60, size=(2, T)).astype(np.int32)
+    tokens[0, 6] = 1  # row 0's reply ends at position 6 (generated from 4)
+    kv = {FULL: (np.zeros((2, 2, T - 1, 12), np.float16), np.zeros((2, 2, T - 1, 12), np.float16))}
+    top_ids = np.stack([tokens[:, 1:], tokens[:, 1:] + 1, np.full((2, T - 1), 200)], axis=-1).astype(np.int32)
+    top_logp = np.log(np.broadcast_to([0.6, 0.3, 0.1], (2, T - 1, K))).astype(np.float16)
+    shard = Shard(tokens, rng.standard_normal((2, T - 1, H)).astype(np.float16), tokens[:, 1:].copy(), kv, 4, top_ids, top_logp)
+    head = sorted(set(range(0, 64)))  # token 200 is outside the head
+    data = Batches([shard], target, head, 2, None, eos=[1], soft=True)
+    _, _, _, labels, weights, (soft_ids, soft_p) = data.get(np.arange(2))
+    w = np.array(weights)
+    assert w[0, 0, :5].all() and not w[0, 0, 5:].any()  # step 1, row 0: labels of positions 1..5 (tokens 2..6) only
+    assert w[1, 0, :4].all() and not w[1, 0, 4:].any()  # step 2 from positions 1..7: labels 2..5 inside
+    assert w[0, 1].all() and w[1, 1, : T - 3].all()  # row 1 has no end token
+    np.testing.assert_allclose(np.array(soft_p)[0, 1, 0], [0.6 / 0.9, 0.3 / 0.9, 0.0], rtol=1e-3)
+    assert np.array(soft_ids)[0, 1, 0, 0] == tokens[1, 2]
+    with pytest.raises(MlxSpecError, match="soft-weight"):
+        Batches([Shard(tokens, shard.hidden, shard.labels, kv, 4)], target, head, 2, None, soft=True)
+
+    model = mtp_drafter.new(module, "llama", head_ids=head)
+    model.attach(module)
+    embeds, hidden, kvs, labels, weights, soft = data.get(np.arange(2))
+    hard = k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks)
+    assert float(k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks, soft, 0.0)) == pytest.approx(float(hard))
+    # soft weight 1 with the soft target put on the greedy label alone is the hard loss again
+    one_hot = (mx.broadcast_to(labels[..., None], soft[0].shape).astype(mx.int32), mx.concatenate(
+        [mx.ones(soft[1].shape[:-1] + (1,)), mx.zeros(soft[1].shape[:-1] + (K - 1,))], axis=-1))
+    assert float(k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks, one_hot, 1.0)) == pytest.approx(float(hard), rel=1e-5)
+    assert float(k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks, soft, 1.0)) != pytest.approx(float(hard), rel=1e-3)
 
 
 def test_read_texts_skips_binary_and_reports_missing(corpus, tmp_path):

@@ -9,12 +9,18 @@
 2. Training (`train`): the objective the drafter is used with. From every position p at once:
    step 1 reads [embed(x_p) ; target hidden at p - 1], step j > 1 [embed(x_{p+j-1}) ; the drafter's
    own hidden of step j - 1], all at RoPE position p, attending to the target's keys < p; each step
-   is scored (cross-entropy over the head's tokens) against the target's greedy token after
-   x_{p+j-1}. Unrolled k steps as at inference, gradients through all of them.
+   is scored against the target's greedy token after x_{p+j-1} (cross-entropy over the head's
+   tokens) and, with weight `soft_weight`, against the target's own distribution there (its top
+   `soft_top` tokens at temperature 1, recorded while collecting): under rejection sampling a draft
+   is accepted with probability sum_x min(p(x), q(x)), which depends on q matching p, not on the
+   argmax alone. Labels after the end of a reply (its first end-of-sequence token) are not scored.
+   Unrolled k steps as at inference, gradients through all of them.
 3. Held-out evaluation (`evaluate`): on the held-out continuations, the drafter drafts k tokens
    free-running (its own tokens and hidden states) from every position, and each draft position's
    acceptance is what greedy verification would measure: the fraction of drafts at position i that
-   match the target's continuation, given that the ones before matched.
+   match the target's continuation, given that the ones before matched; and, for sampling, the
+   first position's expected acceptance sum_x min(p(x), q(x)) at temperature 1 (p over the target's
+   recorded top tokens: a lower bound).
 
 Checkpoints (weights, optimizer, step) let an interrupted run resume; a time budget stops training
 and still writes the drafter.
@@ -56,6 +62,8 @@ class DistillConfig:
     heldout: float = 0.05
     draft_tokens: int = 4  # k: unrolled steps
     head_size: int = 8192  # target tokens the head scores (0: whole vocabulary)
+    soft_weight: float = 0.5  # weight of the target-distribution (KL) term; 1 - it on the greedy label
+    soft_top: int = 16  # target tokens per position recorded for it
     layers: Optional[int] = None
     hidden_size: Optional[int] = None
     intermediate_size: Optional[int] = None
@@ -140,9 +148,13 @@ class Shard:
     labels: np.ndarray  # [B, T - 1] int32: target greedy token after positions 0 .. T - 2
     kv: dict  # layer type -> (K, V) [B, kv_heads, T - 1, D] float16
     generated_from: int  # first position whose token the target generated
+    top_ids: Optional[np.ndarray] = None  # [B, T - 1, K] int32: the target's K likeliest tokens after 0 .. T - 2
+    top_logp: Optional[np.ndarray] = None  # [B, T - 1, K] float16: their log-probabilities (temperature 1)
 
     def save(self, path: Path) -> None:
         arrays = {"tokens": self.tokens, "hidden": self.hidden, "labels": self.labels, "generated_from": np.array(self.generated_from)}
+        if self.top_ids is not None:
+            arrays["top_ids"], arrays["top_logp"] = self.top_ids, self.top_logp
         for layer_type, (k, v) in self.kv.items():
             arrays[f"k.{layer_type}"], arrays[f"v.{layer_type}"] = k, v
         tmp = path.with_suffix(".tmp.npz")
@@ -153,17 +165,26 @@ class Shard:
     def load(cls, path: Path) -> "Shard":
         z = np.load(path)
         kv = {name[2:]: (z[name], z["v." + name[2:]]) for name in z.files if name.startswith("k.")}
-        return cls(z["tokens"], z["hidden"], z["labels"], kv, int(z["generated_from"]))
+        top = (z["top_ids"], z["top_logp"]) if "top_ids" in z.files else (None, None)
+        return cls(z["tokens"], z["hidden"], z["labels"], kv, int(z["generated_from"]), *top)
 
 
-def collect_shard(target: Target, prompts: np.ndarray, seq_len: int) -> Shard:
-    """Greedy-continue a batch of equal-length prompts to seq_len tokens, recording hidden, labels, KV."""
+def top_tokens_of(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """The k likeliest tokens of logits [..., V] and their log-probabilities (temperature 1)."""
+    logp = logits.astype(mx.float32) - mx.logsumexp(logits.astype(mx.float32), axis=-1, keepdims=True)
+    ids = mx.argpartition(-logp, kth=k - 1, axis=-1)[..., :k]
+    return ids.astype(mx.int32), mx.take_along_axis(logp, ids, axis=-1).astype(mx.float16)
+
+
+def collect_shard(target: Target, prompts: np.ndarray, seq_len: int, soft_top: int = 0) -> Shard:
+    """Greedy-continue a batch of equal-length prompts to seq_len tokens, recording hidden, labels, KV
+    (and the target's `soft_top` likeliest tokens after every position, when > 0)."""
     B, P = prompts.shape
     # Every key is kept (the drafter trains on the whole sequence); mlx-lm's KVCache windows the
     # sliding layers' masks itself, so the target computes exactly what it does when decoding.
     cache = [KVCache() for _ in range(target.num_cached_layers)]
     logits, hidden = target.forward(mx.array(prompts), cache)
-    hiddens, labels = [hidden], [mx.argmax(logits, axis=-1)]
+    hiddens, labels, tops = [hidden], [mx.argmax(logits, axis=-1)], [top_tokens_of(logits, soft_top)] if soft_top else []
     tokens = [mx.array(prompts)]
     nxt = labels[0][:, -1:]
     for _ in range(seq_len - P):
@@ -174,13 +195,17 @@ def collect_shard(target: Target, prompts: np.ndarray, seq_len: int) -> Shard:
         nxt = mx.argmax(logits, axis=-1)
         hiddens.append(hidden)
         labels.append(nxt)
+        if soft_top:
+            tops.append(top_tokens_of(logits, soft_top))
         mx.async_eval(nxt)
     toks = np.array(mx.concatenate(tokens, axis=1))
     kv = {}
     for layer_type, index in target.producers.items():
         c = cache[index]
         kv[layer_type] = tuple(np.array(a[..., : seq_len - 1, :].astype(mx.float16)) for a in (c.keys, c.values))
-    return Shard(toks, np.array(mx.concatenate(hiddens, axis=1).astype(mx.float16)), np.array(mx.concatenate(labels, axis=1)).astype(np.int32), kv, P)
+    top = tuple(np.array(mx.concatenate([t[i] for t in tops], axis=1)) for i in (0, 1)) if tops else (None, None)
+    return Shard(toks, np.array(mx.concatenate(hiddens, axis=1).astype(mx.float16)), np.array(mx.concatenate(labels, axis=1)).astype(np.int32),
+                 kv, P, *top)
 
 
 def collect(target: Target, tokenizer, texts: list[str], cfg: DistillConfig, folder: Path, progress: bool = True) -> list[Path]:
@@ -194,7 +219,7 @@ def collect(target: Target, tokenizer, texts: list[str], cfg: DistillConfig, fol
     for i in range(len(shards), wanted):
         rng = np.random.RandomState(cfg.seed * 100003 + i)
         prompts = make_prompts(texts, tokenizer, cfg.collect_batch, cfg.prompt_len, rng, chat and i % 2 == 1)
-        shard = collect_shard(target, prompts, cfg.seq_len)
+        shard = collect_shard(target, prompts, cfg.seq_len, cfg.soft_top if cfg.soft_weight > 0 else 0)
         path = folder / f"shard_{i:05d}.npz"
         shard.save(path)
         shards.append(path)
@@ -223,10 +248,16 @@ def head_tokens(shards: list[Shard], size: int, vocab: int, always: Iterable[int
 class Batches:
     """Training/eval arrays for the k-step objective from stacked shards."""
 
-    def __init__(self, shards: list[Shard], target: Target, head_ids: list[int], k: int, window: Optional[int]):
+    def __init__(self, shards: list[Shard], target: Target, head_ids: list[int], k: int, window: Optional[int],
+                 eos: Iterable[int] = (), soft: bool = False):
         self.tokens = np.concatenate([s.tokens for s in shards])
         self.hidden = np.concatenate([s.hidden for s in shards])
         self.labels = np.concatenate([s.labels for s in shards])
+        if soft and any(s.top_ids is None for s in shards):
+            raise MlxSpecError("the collected data has no target distributions (collected by an older version or with "
+                               "--soft-weight 0): delete OUT/.distill/data to collect again, or train with --soft-weight 0.")
+        self.top_ids = np.concatenate([s.top_ids for s in shards]) if soft else None
+        self.top_logp = np.concatenate([s.top_logp for s in shards]) if soft else None
         self.kv = {t: tuple(np.concatenate([s.kv[t][i] for s in shards]) for i in (0, 1)) for t in shards[0].kv}
         self.generated_from = shards[0].generated_from
         self.k, self.target = k, target
@@ -237,6 +268,12 @@ class Batches:
         else:
             self.lookup[:] = np.arange(vocab, dtype=np.int32)
         S = self.hidden.shape[1]  # stored positions 0 .. S - 1; queries p = 1 .. S - 1
+        # labels[q] (the token after position q) count while q + 1 <= the reply's first end token
+        self.label_end = np.full(len(self.tokens), S, dtype=np.int64)
+        for i, row in enumerate(self.tokens):
+            hits = np.flatnonzero(np.isin(row[self.generated_from :], list(eos)))
+            if hits.size:
+                self.label_end[i] = self.generated_from + hits[0]
         p = np.arange(1, S)[:, None]
         key = np.arange(S)[None]
         self.masks = {FULL: mx.array(key < p)}
@@ -247,7 +284,8 @@ class Batches:
         return self.tokens.shape[0]
 
     def get(self, rows: np.ndarray):
-        """(step token embeddings [k, B, L, H], first hidden [B, L, H], KV, head labels [k, B, L], weights [k, B, L])."""
+        """(step token embeddings [k, B, L, H], first hidden [B, L, H], KV, head labels [k, B, L], weights [k, B, L],
+        soft targets: (head indices [k, B, L, K], probabilities [k, B, L, K]) or None)."""
         S = self.hidden.shape[1]
         L = S - 1
         toks, labs = self.tokens[rows], self.labels[rows]
@@ -255,26 +293,67 @@ class Batches:
         step_tokens = np.zeros((self.k, B, L), dtype=np.int32)
         step_labels = np.zeros((self.k, B, L), dtype=np.int32)
         weights = np.zeros((self.k, B, L), dtype=np.float32)
+        soft = self.top_ids is not None
+        if soft:
+            K = self.top_ids.shape[-1]
+            soft_ids = np.zeros((self.k, B, L, K), dtype=np.int32)
+            soft_p = np.zeros((self.k, B, L, K), dtype=np.float32)
+        in_reply = (np.arange(S)[None] + 1) <= self.label_end[rows][:, None]  # [B, S]: label q still inside the reply
         for j in range(self.k):
             n = L - j  # positions p with p + j <= S - 1
-            step_tokens[j, :, :n] = toks[:, 1 + j : 1 + j + n]
-            head = self.lookup[labs[:, 1 + j : 1 + j + n]]
+            q = slice(1 + j, 1 + j + n)  # label positions of step j
+            step_tokens[j, :, :n] = toks[:, q]
+            head = self.lookup[labs[:, q]]
             step_labels[j, :, :n] = np.maximum(head, 0)
-            weights[j, :, :n] = head >= 0
+            weights[j, :, :n] = (head >= 0) & in_reply[:, q]
+            if soft:
+                ids = self.lookup[self.top_ids[rows][:, q]]
+                prob = np.exp(self.top_logp[rows][:, q].astype(np.float32)) * (ids >= 0)
+                soft_ids[j, :, :n] = np.maximum(ids, 0)
+                soft_p[j, :, :n] = prob / np.maximum(prob.sum(-1, keepdims=True), 1e-9)
         embeds = self.target.embed(mx.array(step_tokens))
         kv = {t: (mx.array(k[rows]).astype(mx.float32), mx.array(v[rows]).astype(mx.float32)) for t, (k, v) in self.kv.items()}
-        return embeds, mx.array(self.hidden[rows, :L]).astype(mx.float32), kv, mx.array(step_labels), mx.array(weights)
+        targets = (mx.array(soft_ids), mx.array(soft_p)) if soft else None
+        return embeds, mx.array(self.hidden[rows, :L]).astype(mx.float32), kv, mx.array(step_labels), mx.array(weights), targets
 
 
-def k_step_loss(model: mtp_drafter.Model, embeds, hidden, kv, labels, weights, masks):
+def k_step_loss(model: mtp_drafter.Model, embeds, hidden, kv, labels, weights, masks, soft=None, soft_weight: float = 0.0):
+    """Mean over scored (position, step) pairs of (1 - soft_weight) x cross-entropy against the target's
+    greedy token + soft_weight x cross-entropy against its distribution (top tokens, renormalised over
+    the head): the KL divergence from it up to a constant."""
     total, count = mx.array(0.0), mx.array(0.0)
     h = hidden
     for j in range(embeds.shape[0]):
         h = model.hidden_state(mx.concatenate([embeds[j], h], axis=-1), 1, kv, masks)
-        ce = nn.losses.cross_entropy(model.head_logits(h), labels[j], reduction="none")
-        total = total + (ce * weights[j]).sum()
+        logits = model.head_logits(h)
+        loss = nn.losses.cross_entropy(logits, labels[j], reduction="none")
+        if soft is not None and soft_weight > 0:
+            logq = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+            kl = -(soft[1][j] * mx.take_along_axis(logq, soft[0][j], axis=-1)).sum(-1)
+            loss = (1 - soft_weight) * loss + soft_weight * kl
+        total = total + (loss * weights[j]).sum()
         count = count + weights[j].sum()
     return total / mx.maximum(count, 1.0)
+
+
+def sampled_acceptance(model: mtp_drafter.Model, data: Batches, rows: np.ndarray) -> float:
+    """First draft position's expected acceptance under rejection sampling at temperature 1, sum_x
+    min(p(x), q(x)), over the reply positions: p the target's recorded top tokens (a lower bound: its
+    tail is not recorded), q the drafter's distribution."""
+    total, count = 0.0, 0
+    for start in range(0, len(rows), 4):
+        r = rows[start : start + 4]
+        embeds, hidden, kv, _, weights, soft = data.get(r)
+        h = model.hidden_state(mx.concatenate([embeds[0], hidden], axis=-1), 1, kv, data.masks)
+        q = mx.softmax(model.head_logits(h), axis=-1)
+        ids = data.lookup[data.top_ids[r][:, 1 : hidden.shape[1] + 1]]  # unrenormalised p, tokens outside the head: q = 0
+        p = np.exp(data.top_logp[r][:, 1 : hidden.shape[1] + 1].astype(np.float32))
+        qx = np.take_along_axis(np.array(q), np.maximum(ids, 0), axis=-1) * (ids >= 0)
+        scored = np.array(weights[0]) > 0
+        scored &= np.arange(hidden.shape[1])[None] + 1 >= data.generated_from - 1  # the target's own continuations
+        total += float((np.minimum(p, qx).sum(-1) * scored).sum())
+        count += int(scored.sum())
+    return total / max(1, count)
 
 
 def free_running_acceptance(model: mtp_drafter.Model, data: Batches, rows: np.ndarray, k: int, eos: Iterable[int] = ()) -> dict:
@@ -284,7 +363,7 @@ def free_running_acceptance(model: mtp_drafter.Model, data: Batches, rows: np.nd
     drafted, accepted = np.zeros(k), np.zeros(k)
     for start in range(0, len(rows), 4):
         r = rows[start : start + 4]
-        embeds, hidden, kv, _, _ = data.get(r)
+        embeds, hidden, kv, _, _, _ = data.get(r)
         S = data.hidden.shape[1]
         toks = data.tokens[r]
         L = S - 1
@@ -354,8 +433,9 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
     model = mtp_drafter.new(target_module, target_name, cfg.layers, cfg.hidden_size, cfg.intermediate_size, head_ids)
     model.attach(target_module)
     model.freeze(keys=["head_ids"], strict=False)
-    train = Batches(train_shards, target, head_ids, cfg.draft_tokens, window)
-    heldout = Batches(heldout_shards, target, head_ids, cfg.draft_tokens, window)
+    soft = cfg.soft_weight > 0
+    train = Batches(train_shards, target, head_ids, cfg.draft_tokens, window, eos, soft)
+    heldout = Batches(heldout_shards, target, head_ids, cfg.draft_tokens, window, eos, soft)
     report.train_sequences, report.heldout_sequences = len(train), len(heldout)
     echo(f"data: {report.collected_tokens} tokens ({len(train)} training / {len(heldout)} held-out sequences of {cfg.seq_len}); "
          f"head: {report.head_size or 'all'} tokens covering {report.head_coverage:.1%} of the target's greedy tokens")
@@ -377,8 +457,8 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
             echo(f"time budget of {cfg.time_budget} min reached at step {step}")
             break
         rows = rng.choice(len(train), size=min(cfg.batch, len(train)), replace=False)
-        embeds, hidden, kv, labels, weights = train.get(rows)
-        loss, grads = loss_and_grad(model, embeds, hidden, kv, labels, weights, train.masks)
+        embeds, hidden, kv, labels, weights, targets = train.get(rows)
+        loss, grads = loss_and_grad(model, embeds, hidden, kv, labels, weights, train.masks, targets, cfg.soft_weight)
         optimizer.update(model, grads)
         mx.eval(model.parameters(), optimizer.state, loss)
         step += 1
@@ -393,7 +473,10 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
     report.final_loss = float(np.mean(losses[-20:])) if losses else float("nan")
     _checkpoint(model, optimizer, step, report.train_seconds, work / "checkpoint")
     report.heldout = free_running_acceptance(model, heldout, np.arange(len(heldout)), cfg.draft_tokens, eos)
-    echo("held-out greedy acceptance per draft position: " + ", ".join(f"{a:.2f}" for a in report.heldout["acceptance_per_position"]))
+    if soft:
+        report.heldout["sampled_acceptance_first_position"] = sampled_acceptance(model, heldout, np.arange(len(heldout)))
+    echo("held-out greedy acceptance per draft position: " + ", ".join(f"{a:.2f}" for a in report.heldout["acceptance_per_position"])
+         + (f"; sampled (temperature 1) at the first: {report.heldout['sampled_acceptance_first_position']:.2f}" if soft else ""))
     write_drafter(model, out, report)
     return report
 
