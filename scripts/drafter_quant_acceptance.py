@@ -6,7 +6,10 @@ float drafter and its 8-bit and 4-bit conversions (`mlx-spec convert-drafter`, i
 mean accepted length, the drafter's bytes (all of it is read per draft step), and whether the output
 stayed the target's plain greedy output (it must: quantizing the drafter only changes proposals).
 
-    python scripts/drafter_quant_acceptance.py TINY_DIR [--variants dense,moe,e2b,unified] [--tokens 120] [--json OUT]
+    python scripts/drafter_quant_acceptance.py TINY_DIR [--variants dense,moe,e2b,unified] [--tokens 120] [--head-size N] [--json OUT]
+
+--head-size N adds each dense-head drafter restricted to the N tokens its target's own sampled replies
+use most (`convert-drafter --head-size`), float and 4-bit.
 
 With --demo NAME (smollm2-135m, gemma3-270m; after `mlx-spec demo-models`): the same on a real target and
 its trained demo drafter (`mlx-spec distill`'s kind: its layers quantized with MLX's nn.quantize, group 64;
@@ -43,6 +46,18 @@ def measure(target, drafter, prompts, tokens, k=4):
             "mean_accepted_length": float(1 + accepted.sum() / max(1, steps)), "lossless": bool(lossless)}
 
 
+def head_ids(target_dir: Path, drafter_dir: Path, size: int, tokens: int) -> list[int]:
+    """The head `mlx-spec convert-drafter --head-size` keeps: the top tokens of the target's own sampled replies."""
+    from mlx_spec.core.loading import SpeculativeModel, load_drafter, load_target, load_tokenizer
+    from mlx_spec.tools.head import bundled_prompts, generation_counts, top_tokens
+
+    target = load_target(target_dir)
+    tokenizer = load_tokenizer(target.path, target.config)
+    vocab = int(load_drafter(drafter_dir).text_config["vocab_size"])
+    counts = generation_counts(SpeculativeModel(target, None), tokenizer, bundled_prompts(), tokens, vocab)
+    return top_tokens(counts, size, always=sorted(tokenizer.eos_token_ids)).ids
+
+
 def demo(name: str, prompts: int, tokens: int) -> list[dict]:
     import copy
 
@@ -75,6 +90,8 @@ def main(argv=None):
     ap.add_argument("--demo", action="append", default=[], help="a demo model name (repeatable)")
     ap.add_argument("--prompts", type=int, default=16, help="held-out prompts for --demo")
     ap.add_argument("--variants", default="dense,moe,e2b,unified")
+    ap.add_argument("--head-size", type=int, default=0, help="also the dense-head drafters restricted to this many tokens (float and 4-bit)")
+    ap.add_argument("--head-tokens", type=int, default=4096, help="target-generated tokens that rank the head")
     ap.add_argument("--tokens", type=int, default=120)
     ap.add_argument("--group-size", type=int, default=32)
     ap.add_argument("--json")
@@ -88,21 +105,28 @@ def main(argv=None):
         for variant in (args.variants.split(",") if args.tiny else []):
             src = Path(args.tiny) / variant / "drafter-trained"
             float_bytes = None
-            for bits in (None, 8, 4):
+            configs = [(None, None), (8, None), (4, None)]
+            dense_head = not json.loads((src / "config.json").read_text()).get("use_ordered_embeddings")
+            if args.head_size and dense_head:
+                ids = head_ids(Path(args.tiny) / variant / "target", src, args.head_size, args.head_tokens)
+                configs += [(None, ids), (4, ids)]
+            for bits, head in configs:
                 path = src
-                if bits is not None:
-                    path = Path(tmp) / f"{variant}-q{bits}"
-                    gemma4_assistant.convert(src, path, {"group_size": args.group_size, "bits": bits})
+                if bits is not None or head is not None:
+                    path = Path(tmp) / f"{variant}-q{bits}-h{len(head) if head else 0}"
+                    gemma4_assistant.convert(src, path, None if bits is None else {"group_size": args.group_size, "bits": bits}, head)
                 pair = load_pair(Path(args.tiny) / variant / "target", path)
                 target = pair.adapter
                 rng = np.random.RandomState(0)
                 prompts = [[2] + rng.randint(5, target.vocab_size, size=n - 1).tolist() for n in (6, 3 * target.sliding_window + 7, 40)]
                 nbytes = parameter_bytes(pair.draft_model)
                 float_bytes = float_bytes or nbytes
-                row = {"variant": variant, "bits": bits, "bytes": nbytes, **measure(target, pair.draft_model, prompts, args.tokens)}
+                row = {"variant": variant, "bits": bits, "head_size": len(head) if head else None, "bytes": nbytes,
+                       **measure(target, pair.draft_model, prompts, args.tokens)}
                 rows.append(row)
                 acc = " ".join(f"{a:.2f}" for a in row["acceptance_per_position"])
-                print(f"| {variant} | {'float32' if bits is None else f'{bits}-bit'} | {nbytes:,} | {nbytes / float_bytes:.2f} | {acc} | "
+                label = ("float32" if bits is None else f"{bits}-bit") + (f", head {len(head)}" if head else "")
+                print(f"| {variant} | {label} | {nbytes:,} | {nbytes / float_bytes:.2f} | {acc} | "
                       f"{row['mean_accepted_length']:.2f} | {'yes' if row['lossless'] else 'NO'} |", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
