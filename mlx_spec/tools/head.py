@@ -71,7 +71,9 @@ def generation_counts(model, tokenizer, prompts: Sequence, tokens: int, vocab: i
 
 
 def top_tokens(counts: np.ndarray, size: int, always: Iterable[int] = ()) -> HeadChoice:
-    """The `size` most counted tokens (ties: lower id first) plus `always` (end-of-turn ids), sorted."""
+    """The `size` most counted tokens plus `always` (end-of-turn ids), sorted. Ties (tokens never seen
+    among them, when `size` exceeds the distinct tokens counted) go to lower ids first: BPE and
+    SentencePiece vocabularies give earlier, more frequent pieces the lower ids."""
     always = [int(t) for t in always if 0 <= int(t) < len(counts)]
     if size <= len(always):
         raise MlxSpecError(f"--head-size {size} must exceed the {len(always)} end-of-sequence tokens it always keeps")
