@@ -508,7 +508,14 @@ def convert_drafter(
     dst = Path(out).expanduser()
     if dst.exists() and any(dst.iterdir()):
         raise MlxSpecError(f"{dst} exists and is not empty: choose another --out.")
-    head = _head_choice(loaded, target, head_size, head_data, head_tokens, seed) if head_size is not None else None
+    head = None
+    if head_size is not None:
+        from tqdm import tqdm
+
+        from .tools.head import choose_head
+
+        with tqdm(total=head_tokens, desc="target generations for the head", unit="tok", file=sys.stderr) as bar:
+            head = choose_head(target, loaded, head_size, head_data, head_tokens, seed, progress=lambda n: bar.update(n - bar.n))
     tmp = dst.with_name(dst.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     quantization = None if q_bits is None else {"group_size": group_size, "bits": q_bits}
@@ -529,29 +536,6 @@ def convert_drafter(
     parts = ([f"head {len(head.ids)} of {vocab} tokens, covering {head.coverage:.1%} of {head.counted} generated"] if head else []) + \
         ([f"{q_bits}-bit, group size {group_size}"] if q_bits else [])
     typer.echo(f"wrote {dst}" + (f" ({'; '.join(parts)})" if parts else ""))
-
-
-def _head_choice(drafter, target: str, head_size: int, head_data, head_tokens: int, seed: int):
-    """The tokens a restricted head keeps: the most frequent in the target's own sampled generations."""
-    import numpy as np
-    from tqdm import tqdm
-
-    from .core.loading import SpeculativeModel, load_target, load_tokenizer, model_folders, validate_pair
-    from .tools.distill import make_prompts, read_texts
-    from .tools.head import bundled_prompts, generation_counts, top_tokens
-
-    loaded = load_target(model_folders(target)[0])
-    validate_pair(loaded, drafter)  # the head must be ranked by the target it drafts for
-    tokenizer = load_tokenizer(loaded.path, loaded.config)
-    if head_data:
-        prompts = [list(map(int, p)) for p in make_prompts(read_texts(head_data), tokenizer, 64, 48, np.random.RandomState(seed), chat=False)]
-    else:
-        prompts = bundled_prompts()
-    vocab = int(drafter.text_config["vocab_size"])
-    with tqdm(total=head_tokens, desc="target generations for the head", unit="tok", file=sys.stderr) as bar:
-        counts = generation_counts(SpeculativeModel(loaded, None), tokenizer, prompts, head_tokens, vocab, seed=seed,
-                                   progress=lambda n: bar.update(n - bar.n))
-    return top_tokens(counts, head_size, always=sorted(tokenizer.eos_token_ids))
 
 
 @app.command("demo-models")

@@ -48,14 +48,10 @@ def measure(target, drafter, prompts, tokens, k=4):
 
 def head_ids(target_dir: Path, drafter_dir: Path, size: int, tokens: int) -> list[int]:
     """The head `mlx-spec convert-drafter --head-size` keeps: the top tokens of the target's own sampled replies."""
-    from mlx_spec.core.loading import SpeculativeModel, load_drafter, load_target, load_tokenizer
-    from mlx_spec.tools.head import bundled_prompts, generation_counts, top_tokens
+    from mlx_spec.core.loading import load_drafter
+    from mlx_spec.tools.head import choose_head
 
-    target = load_target(target_dir)
-    tokenizer = load_tokenizer(target.path, target.config)
-    vocab = int(load_drafter(drafter_dir).text_config["vocab_size"])
-    counts = generation_counts(SpeculativeModel(target, None), tokenizer, bundled_prompts(), tokens, vocab)
-    return top_tokens(counts, size, always=sorted(tokenizer.eos_token_ids)).ids
+    return choose_head(str(target_dir), load_drafter(drafter_dir), size, None, tokens).ids
 
 
 def demo(name: str, prompts: int, tokens: int) -> list[dict]:

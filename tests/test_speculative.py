@@ -23,7 +23,7 @@ from mlx_spec.core.loading import load_pair
 from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from mlx_spec.core.target import Target
 
-TOKENS = 140  # the tiny window is 8: 140 tokens cross it ~17 times
+TOKENS = 112  # the tiny windows are 8-12: 112 tokens cross them 9-14 times
 
 
 def drafter_dir(tiny, variant):
@@ -61,9 +61,9 @@ def test_speculative_equals_plain_greedy(models, variant):
     accepted_any = rejected_any = False
     chosen = prompts(target)
     if variant in QUANTIZED or variant == "e2b":  # quantized: float sources' code path; e2b: slow (low acceptance)
-        chosen = dict(list(chosen.items())[:2])  # a short prompt and one longer than 3 windows
+        chosen = dict(list(chosen.items())[1:2])  # the prompt longer than 3 windows
     # dense: a sweep of draft lengths, moe a shorter one; the others: a middle and the longest (k = 4 runs in test_batch too)
-    ks = {"dense": (1, 2, 3, 5, 8), "moe": (1, 3, 8)}.get(variant, (3, 8))
+    ks = {"dense": (1, 3, 5, 8), "moe": (1, 3, 8)}.get(variant, (3, 8))
     for name, prompt in chosen.items():
         plain, plain_stats = run(target, drafter, prompt, 0)
         assert len(plain) == TOKENS and plain_stats.target_forwards == TOKENS  # plain: one forward per token

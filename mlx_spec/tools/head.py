@@ -70,6 +70,27 @@ def generation_counts(model, tokenizer, prompts: Sequence, tokens: int, vocab: i
     return counts
 
 
+def choose_head(target: str, drafter, size: int, data: Optional[Sequence[str]], tokens: int, seed: int = 0,
+                progress: Optional[Callable[[int], None]] = None) -> HeadChoice:
+    """The `size` tokens a restricted head of `drafter` (a LoadedModel) keeps: the most frequent in the
+    target's own sampled replies to the bundled chat prompts, or continuations of stretches of `data`
+    (text files or folders). The target must be the one the drafter fits."""
+    from ..core.loading import SpeculativeModel, load_target, load_tokenizer, model_folders, validate_pair
+    from .distill import make_prompts, read_texts
+
+    loaded = load_target(model_folders(target)[0])
+    validate_pair(loaded, drafter)  # the head must be ranked by the target it drafts for
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    if data:
+        rng = np.random.RandomState(seed)
+        prompts = [list(map(int, p)) for p in make_prompts(read_texts(data), tokenizer, 64, 48, rng, chat=False)]
+    else:
+        prompts = bundled_prompts()
+    vocab = int(drafter.text_config["vocab_size"])
+    counts = generation_counts(SpeculativeModel(loaded, None), tokenizer, prompts, tokens, vocab, seed=seed, progress=progress)
+    return top_tokens(counts, size, always=sorted(tokenizer.eos_token_ids))
+
+
 def top_tokens(counts: np.ndarray, size: int, always: Iterable[int] = ()) -> HeadChoice:
     """The `size` most counted tokens plus `always` (end-of-turn ids), sorted. Ties (tokens never seen
     among them, when `size` exceeds the distinct tokens counted) go to lower ids first: BPE and
