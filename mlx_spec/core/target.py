@@ -112,6 +112,13 @@ def project_to_vocab(lm: nn.Module, hidden: mx.array) -> mx.array:
     return head.as_linear(hidden) if isinstance(head, (nn.Embedding, nn.QuantizedEmbedding)) else head(hidden)
 
 
+def scatter_to_vocab(scores: mx.array, ids: mx.array, vocab: int) -> mx.array:
+    """Logits over a restricted head (`scores` [..., N] for token ids `ids` [N]) as full-vocabulary
+    logits [..., vocab]: -inf (drafter probability 0) outside the head."""
+    out = mx.full((*scores.shape[:-1], vocab), -mx.inf, dtype=scores.dtype)
+    return mx.put_along_axis(out, mx.broadcast_to(ids, scores.shape), scores, axis=-1)
+
+
 def layer_types_of(lm: nn.Module) -> list[str]:
     """Per layer: FULL or SLIDING attention (config's layer_types, Gemma 3's is_sliding, else all full)."""
     types = getattr(lm.args, "layer_types", None)

@@ -239,6 +239,12 @@ def head_tokens(shards: list[Shard], size: int, vocab: int, always: Iterable[int
         np.add.at(counts, s.labels.reshape(-1), 1)
     if not size or size >= vocab:
         return [], 1.0
+    return most_frequent(counts, size, always)
+
+
+def most_frequent(counts: np.ndarray, size: int, always: Iterable[int] = ()) -> tuple[list[int], float]:
+    """The `size` most counted token ids (+ `always`; ties: lower ids first), sorted, and the share of
+    the counts they cover."""
     priority = counts.astype(np.float64)
     priority[list(always)] = np.inf
     top = np.argsort(-priority, kind="stable")[:size]

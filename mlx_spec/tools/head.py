@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 
 from ..core.errors import MlxSpecError
+from .distill import make_prompts, most_frequent, read_texts
 
 
 @dataclass
@@ -76,7 +77,6 @@ def choose_head(target: str, drafter, size: int, data: Optional[Sequence[str]], 
     target's own sampled replies to the bundled chat prompts, or continuations of stretches of `data`
     (text files or folders). The target must be the one the drafter fits."""
     from ..core.loading import SpeculativeModel, load_target, load_tokenizer, model_folders, validate_pair
-    from .distill import make_prompts, read_texts
 
     loaded = load_target(model_folders(target)[0])
     validate_pair(loaded, drafter)  # the head must be ranked by the target it drafts for
@@ -98,11 +98,8 @@ def top_tokens(counts: np.ndarray, size: int, always: Iterable[int] = ()) -> Hea
     always = [int(t) for t in always if 0 <= int(t) < len(counts)]
     if size <= len(always):
         raise MlxSpecError(f"--head-size {size} must exceed the {len(always)} end-of-sequence tokens it always keeps")
-    priority = counts.astype(np.float64)
-    priority[always] = np.inf
-    top = np.argsort(-priority, kind="stable")[:size]
-    total = int(counts.sum())
-    return HeadChoice(sorted(int(t) for t in top), float(counts[top].sum()) / max(1, total), total, int((counts > 0).sum()))
+    ids, covered = most_frequent(counts, size, always)
+    return HeadChoice(ids, covered, int(counts.sum()), int((counts > 0).sum()))
 
 
 def coverage(counts: np.ndarray, ids: Sequence[int]) -> float:

@@ -35,6 +35,7 @@ from mlx_lm.models import gemma4_text
 from mlx_lm.models.base import BaseModelArgs
 
 from ..model_config import SLIDING, normalize_config
+from ..target import scatter_to_vocab
 
 @dataclass
 class ModelArgs(BaseModelArgs):
@@ -166,8 +167,7 @@ class Model(nn.Module):
         logits = self.model.embed_tokens.as_linear(h)
         if not self.args.head_size:
             return logits
-        out = mx.full((*logits.shape[:-1], self.args.text.vocab_size), -mx.inf, dtype=logits.dtype)
-        return mx.put_along_axis(out, mx.broadcast_to(self.head_ids, logits.shape), logits, axis=-1)
+        return scatter_to_vocab(logits, self.head_ids, self.args.text.vocab_size)
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         out = {}

@@ -31,7 +31,7 @@ from mlx.utils import tree_flatten
 from mlx_lm.models.base import BaseModelArgs
 
 from ..model_config import SLIDING
-from ..target import Target, output_head, project_to_vocab
+from ..target import Target, output_head, project_to_vocab, scatter_to_vocab
 
 MODEL_TYPE = "mlx_spec_mtp"
 
@@ -201,10 +201,7 @@ class Model(nn.Module):
         scores = self.head_logits(hidden)
         if self._head_rows is None:
             return scores
-        vocab = self.args.target["vocab_size"]
-        out = mx.full((*hidden.shape[:-1], vocab), -mx.inf, dtype=scores.dtype)
-        ids = mx.broadcast_to(self.head_ids, scores.shape)
-        return mx.put_along_axis(out, ids, scores, axis=-1)
+        return scatter_to_vocab(scores, self.head_ids, self.args.target["vocab_size"])
 
 
 def output_rows(lm: nn.Module, ids: mx.array) -> mx.array:
