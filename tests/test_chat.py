@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -9,8 +10,6 @@ import select
 import signal
 import sys
 import time
-
-import pytest
 
 import mlx_spec
 from mlx_spec.chat import ChatSession
@@ -147,20 +146,38 @@ def test_generate_text_prompt_uses_the_chat_template(tiny):
     assert stats["prompt_tokens"] == len(tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, tokenize=True))
 
 
-@pytest.mark.parametrize("argv,message", [
+CLEAR_ERRORS = [
     (["generate", "--prompt", "hi"], "google/gemma-4-E2B-it is not in the local Hugging Face cache"),
     (["generate", "-m", "nobody/missing-model", "--prompt", "hi"], "not in the local Hugging Face cache"),
     (["chat", "--temp", "-1"], "temperature must be >= 0"),
     (["generate", "--prompt", "hi", "--top-p", "2"], "top-p must be in"),
-])
-def test_clear_errors(tmp_path, argv, message):
+]
+
+
+def test_clear_errors(tmp_path):
+    """Each bad command line is one line on stderr and exit code 2, offline, in a real process (one
+    process for all of them: the console entry point per command, stderr captured per command)."""
     import subprocess
 
+    script = (
+        "import contextlib, io, json, sys\n"
+        "from mlx_spec.cli import main\n"
+        "out = []\n"
+        "for argv in json.loads(sys.argv[1]):\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err):\n"
+        "        code = main(argv)\n"
+        "    out.append([code, err.getvalue()])\n"
+        "print(json.dumps(out))\n"
+    )
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(tmp_path / "cache"))
-    res = subprocess.run([sys.executable, "-m", "mlx_spec.cli", *argv], capture_output=True, text=True, env=env, timeout=120)
-    assert res.returncode == 2
-    assert message in res.stderr and "Traceback" not in res.stderr
-    assert res.stderr.count("\n") == 1
+    res = subprocess.run([sys.executable, "-c", script, json.dumps([argv for argv, _ in CLEAR_ERRORS])],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    for (argv, message), (code, stderr) in zip(CLEAR_ERRORS, json.loads(res.stdout.strip().splitlines()[-1])):
+        assert code == 2, argv
+        assert message in stderr and "Traceback" not in stderr, (argv, stderr)
+        assert stderr.count("\n") == 1, (argv, stderr)
 
 
 def test_hub_ids_resolve_from_the_local_cache_offline(tiny, tmp_path):
