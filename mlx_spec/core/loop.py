@@ -37,7 +37,7 @@ from mlx_lm.generate import generation_stream
 from .cache import rollback_slack, trim_all
 from .draft import Drafter, propose, target_position
 from .errors import MlxSpecError
-from .policy import FixedPolicy, MoECosts, StepCosts
+from .policy import FixedPolicy, MoECosts, StepCosts, with_margin
 from .lookup import Lookup, best_lookup, one_hot_logits
 from .sampling import GREEDY, History, Processors, Strategy
 
@@ -375,7 +375,9 @@ def _decode(prompt, target, drafter, policy, strategy, history, lookup, exact, m
             t0 = time.perf_counter()
             ahead = queue(block.next_token, block.hidden, generated + end, known=True)
             bubble = time.perf_counter() - t0
-        if block.match:
+        if finished:
+            pass  # nothing was queued behind the last step: its interval is not a step's cost
+        elif block.match:
             lookup.observe(block.k, interval - owed + bubble)
         else:
             policy.observe(block.k, interval - owed + bubble)
@@ -398,7 +400,7 @@ def lookup_length(policy, lookup: Lookup, proposal: list[int], n: int, k: int, m
     if not hasattr(policy, "rate"):  # a fixed k
         return min(len(proposal), policy.k) if (len(proposal) >= policy.k or not mtp) else 0
     kl, rate = best_lookup(lookup, proposal, n, lookup.costs.step if lookup.costs is not None else policy.costs.step)
-    return kl if rate > policy.rate(k) else 0
+    return kl if rate > with_margin(policy.rate(k), k) else 0
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ and the policy picks k in 0..k_max maximising E[tokens](k) / time(k); k = 0 is p
 chosen when speculation does not pay. Acceptance is estimated online per position (exponentially
 weighted; a position not yet observed is assumed as good as the one before it). While parked at
 k = 0 it still probes with k = 1 every `probe_every` steps or more (`probe_interval`: probes cost at
-most 5% of the time), so it notices when drafts become good again.
+most 2% of the time), so it notices when drafts become good again.
 
 Costs (`StepCosts`) are a table of whole-step seconds per k, measured at warm-up on the real step
 (`loop.measure_step_costs`: warm-up runs discarded, median of repeats, so GPU noise and first-call
@@ -26,13 +26,23 @@ from typing import Callable, Optional, Protocol
 from .moe import ExpertTracker, MoEProfile, parameter_bytes
 
 DRIFT_LIMIT = 1.5  # observed / measured step time beyond which the table is re-measured
-PROBE_BUDGET = 0.05  # while parked at k = 0, probes with k = 1 may cost at most this share of the time
+SPECULATION_MARGIN = 0.05  # a draft length is chosen over plain decoding only if it promises this much more
+PROBE_BUDGET = 0.02  # while parked at k = 0, probes with k = 1 may cost at most this share of the time
+
+
+def with_margin(rate: float, k: int) -> float:
+    """A draft length's expected tokens per second as the choice weighs it: plain decoding's counts
+    SPECULATION_MARGIN more. Step times wander by +/- 10% between measurements (measured: SmolLM2 on
+    2 CPU cores, plain 105-132 ms a step within minutes), so a draft that promises a few percent is
+    as likely to lose as to win; plain decoding is never slower than plain decoding."""
+    return rate * (1 + SPECULATION_MARGIN) if k == 0 else rate
 
 
 def probe_interval(costs, every: int) -> int:
     """Plain steps between two k = 1 probes: at least `every`, and enough that a probe's extra cost
-    (a k = 1 step over a plain one) stays within PROBE_BUDGET of the time (on a launch-bound GPU a
-    batched k = 1 step costs ~2x a plain one; probing every 16 steps would cost ~6%)."""
+    (a k = 1 step over a plain one, the switches to and from it included: StepCosts charges them to
+    it) stays within PROBE_BUDGET of the time (on a launch-bound GPU a batched k = 1 step costs ~2x a
+    plain one; probing every 16 steps would cost ~6%; "never slower than plain" leaves ~2%)."""
     if costs is None:
         return every
     extra = costs.step(1) / max(1e-12, costs.step(0)) - 1
@@ -51,14 +61,28 @@ class StepCosts:
 
     `measured` is the warm-up table. Each observed step moves its own k's estimate (exponentially,
     one observation's ratio clipped to [0.5, 2] so a stall or a GC pause moves it little) and a global
-    drift (observed over measured, all k), which scales the k not observed yet. A drift beyond
-    DRIFT_LIMIT marks the table stale: the next generation measures it again."""
+    drift (observed over measured, all k), which scales the draft lengths not observed yet. A drift
+    beyond DRIFT_LIMIT marks the table stale: the next generation measures it again.
+
+    Two rules keep plain decoding priced as plain decoding, so speculation that does not pay is
+    noticed (measured at temperature 0.7 on SmolLM2, where k = 1 barely loses to plain):
+    - plain (k = 0) takes no drift: until a plain step is observed it keeps its measured (pipelined)
+      cost. Drift learned from speculative steps would otherwise move it with them, and a k = 1 step
+      slower than measured would keep looking as good as ever against plain. If the whole machine did
+      slow down, plain looks cheap, gets chosen, is observed, and is corrected.
+    - a plain step next to a speculative one is not a plain step's cost: the first one after it
+      cannot be pipelined behind it (it had to be read first to know what was accepted), and the
+      last one before it builds the speculative step's graph (each ~190 ms against a pipelined
+      110-130 ms on SmolLM2 on 2 CPU cores). Their excess over the plain estimate is charged to the
+      speculative step next to them (switching costs that), and plain keeps its estimate: it learns
+      from plain steps between plain steps only. Observations are therefore applied one step late."""
 
     measured: list[float]
     smoothing: float = 0.1  # per observation; 0: a fixed model (seeded runs, projections)
     drift: float = 1.0
     stale: bool = False
     seconds: dict = field(default_factory=dict)  # k -> current estimate, for the k observed
+    pending: Optional[tuple[int, float]] = None  # the last observation, applied when the next one comes
 
     def _measured(self, k: int) -> float:
         table = self.measured
@@ -68,18 +92,30 @@ class StepCosts:
         return table[-1] + slope * (k - len(table) + 1)
 
     def step(self, k: int) -> float:
-        return self.seconds.get(k, self._measured(k) * self.drift)
+        return self.seconds.get(k, self._measured(k) * (self.drift if k else 1.0))
 
     def observe(self, k: int, seconds: float) -> None:
         if not self.smoothing or seconds <= 0:
             return
+        previous, self.pending = self.pending, (k, seconds)
+        if previous is None:
+            return
+        if previous[0] > 0 and k == 0:  # a switch to plain: its extra cost belongs to the speculative step
+            self.pending = None
+            self._apply(previous[0], previous[1] + max(0.0, seconds - self.step(0)))
+        elif previous[0] == 0 and k > 0:  # the plain step that queued a speculative one: charged to it
+            self.pending = (k, seconds + max(0.0, previous[1] - self.step(0)))
+        else:
+            self._apply(*previous)
+
+    def _apply(self, k: int, seconds: float) -> None:
         s = self.smoothing
 
         def clip(ratio):
             return min(2.0, max(0.5, ratio))
 
         self.seconds[k] = self.step(k) * (1 + s * (clip(seconds / self.step(k)) - 1))
-        self.drift += s * (clip(seconds / self._measured(k)) * 1.0 - self.drift)
+        self.drift += s * (clip(seconds / self._measured(k)) - self.drift)
         if not 1 / DRIFT_LIMIT <= self.drift <= DRIFT_LIMIT:
             self.stale = True
 
@@ -235,7 +271,7 @@ class AdaptivePolicy:
         return self.seen.expected_tokens(k) / self.costs.step(k)
 
     def best(self) -> int:
-        return max(range(self.k_max + 1), key=lambda k: (self.rate(k), -k))
+        return max(range(self.k_max + 1), key=lambda k: (with_margin(self.rate(k), k), -k))
 
     def choose(self) -> int:
         k = self.best()
@@ -298,7 +334,7 @@ class BatchPolicy:
     def choose(self, rows: list[Acceptance]) -> int:
         if self.fixed is not None:
             return self.fixed
-        k = max(range(self.k_max + 1), key=lambda k: (self.rate(rows, k), -k))
+        k = max(range(self.k_max + 1), key=lambda k: (with_margin(self.rate(rows, k), k), -k))
         if k == 0 and self.k_max > 0 and self._since_draft >= probe_interval(self.costs_for(len(rows)), self.probe_every):
             k = 1
         self.history.append(k)
