@@ -151,6 +151,7 @@ CLEAR_ERRORS = [
     (["generate", "-m", "nobody/missing-model", "--prompt", "hi"], "not in the local Hugging Face cache"),
     (["chat", "--temp", "-1"], "temperature must be >= 0"),
     (["generate", "--prompt", "hi", "--top-p", "2"], "top-p must be in"),
+    (["check", "-m", "google/gemma-4-E2B-it"], "local Hugging Face cache"),
 ]
 
 
