@@ -4,7 +4,7 @@ For a step that drafts k tokens,
     E[tokens](k) = 1 + sum_{i=1..k} prod_{j<=i} a_j        (a_j: P(draft j accepted | drafts < j were))
     time(k)      = the cost of one whole step: k draft steps, a verify of k + 1 tokens, acceptance
 and the policy picks k in 0..k_max maximising E[tokens](k) / time(k); k = 0 is plain decoding,
-chosen when speculation does not pay. Acceptance is estimated online per position (exponentially
+chosen when speculation does not pay (a draft must promise SPECULATION_MARGIN more than plain). Acceptance is estimated online per position (exponentially
 weighted; a position not yet observed is assumed as good as the one before it). While parked at
 k = 0 it still probes with k = 1 every `probe_every` steps or more (`probe_interval`: probes cost at
 most 2% of the time), so it notices when drafts become good again.

@@ -242,7 +242,6 @@ def open_gguf(path: Path):
     import gguf
 
     class PlainReader(gguf.GGUFReader):
-
         @property
         def data(self):
             return self._data
