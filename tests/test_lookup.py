@@ -148,3 +148,21 @@ def test_batched_rows_draft_by_lookup_losslessly(pairs, variant):
         assert sum(r.lookup_drafted - r.lookup_accepted for r in rows) > 0
         if d is None:
             assert engine.stats.drafter_forwards == 0 and all(r.drafter_forwards == 0 for r in rows)
+
+
+def test_plain_steps_stay_pipelined_unless_lookup_may_pay():
+    """After a plain step the loop waits for its token (no pipelining) only when the next step may draft
+    by lookup: a suffix match whose tracked acceptance promises more than plain, or any match under a
+    fixed k."""
+    from mlx_spec.core.loop import lookup_may_draft
+
+    lookup = Lookup(4, costs=StepCosts([1.0, 1.05, 1.1, 1.15, 1.2], smoothing=0))
+    policy = AdaptivePolicy(4, StepCosts([1.0, 1.3, 1.4, 1.5, 1.6], smoothing=0))
+    lookup.extend([5, 6, 7, 8, 9])
+    assert not lookup_may_draft(policy, lookup)  # no match
+    lookup.extend([5, 6])  # the suffix (5, 6) was seen before
+    assert lookup_may_draft(policy, lookup)  # the prior acceptance (0.6) promises more than plain
+    for seen in lookup.seen.values():  # then its drafts were never accepted
+        seen.accepted[:], seen.reached[:] = [0.0] * 4, [50.0] * 4
+    assert not lookup_may_draft(policy, lookup)
+    assert lookup_may_draft(FixedPolicy(2), lookup)
