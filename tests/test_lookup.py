@@ -166,3 +166,30 @@ def test_plain_steps_stay_pipelined_unless_lookup_may_pay():
         seen.accepted[:], seen.reached[:] = [0.0] * 4, [50.0] * 4
     assert not lookup_may_draft(policy, lookup)
     assert lookup_may_draft(FixedPolicy(2), lookup)
+
+
+def test_batched_plain_steps_stay_pipelined_unless_lookup_may_pay():
+    """The batched engine's version: a plain step is not queued ahead only when some row's match would
+    make the batch draft by lookup (as the batch policy prices it), or under a fixed k on any match."""
+    from types import SimpleNamespace
+
+    from mlx_spec.core.batch import BatchEngine
+    from mlx_spec.core.policy import Acceptance, BatchPolicy
+
+    def engine(fixed=None):
+        costs = StepCosts([1.0, 1.05, 1.1, 1.15, 1.2], smoothing=0)
+        rows = [SimpleNamespace(lookup=Lookup(4), seen=Acceptance(4)) for _ in range(2)]
+        rows[0].lookup.extend([5, 6, 7, 8, 9])
+        rows[1].lookup.extend([1, 2, 3, 4, 1, 2])  # the suffix (1, 2) was seen before
+        return SimpleNamespace(lookup=True, rows=rows, drafter=None, k_max=4,
+                               policy=BatchPolicy(4, costs_for=lambda b: costs, fixed=fixed))
+
+    e = engine()
+    assert BatchEngine._lookup_may_draft(e)  # the prior acceptance (0.6) promises more than plain
+    for seen in e.rows[1].lookup.seen.values():
+        seen.accepted[:], seen.reached[:] = [0.0] * 4, [50.0] * 4
+    assert not BatchEngine._lookup_may_draft(e)  # its drafts were never accepted
+    assert BatchEngine._lookup_may_draft(engine(fixed=2))
+    e = engine()
+    e.rows = e.rows[:1]  # no row repeats itself
+    assert not BatchEngine._lookup_may_draft(e)

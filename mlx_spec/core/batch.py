@@ -314,7 +314,7 @@ class BatchEngine:
         if block is None:
             return outputs
         ahead = None
-        if block.k == 0 and not self._joining and not any(r.finished for r in block.rows) and not self._repeats():
+        if block.k == 0 and not self._joining and not any(r.finished for r in block.rows) and not self._lookup_may_draft():
             ahead = self._build(outputs, plain_only=True)  # nothing to roll back: queue the next plain step first
         n, drafts, next_tokens = read_rows_block(block, self.target)
         now = time.perf_counter()
@@ -456,10 +456,23 @@ class BatchEngine:
         self.tokens, self.hidden = block.next_token, block.hidden  # a plain block's successors; replaced after a read
         return block
 
-    def _repeats(self) -> bool:
-        """Some row's context ends in an n-gram seen before: its next step may draft by lookup, which
-        needs the step's token on the host, so the plain step is not queued ahead."""
-        return self.lookup and any(r.lookup.index.match()[0] for r in self.rows if r.lookup is not None)
+    def _lookup_may_draft(self) -> bool:
+        """Some row's next step may draft by lookup, which needs this step's token on the host, so the
+        plain step is not queued ahead: a row's context ends in an n-gram seen before and, priced as the
+        policy prices the batch, a lookup draft at that match length (or one longer, if the repeat goes
+        on) would make the batch draft (under a fixed k: any match). As `loop.lookup_may_draft`: short
+        matches are common on ordinary text and seldom pay; each used to cost a pipelined plain step."""
+        if not self.lookup:
+            return False
+        matches = [r.lookup.index.match()[0] if r.lookup is not None else 0 for r in self.rows]
+        if not any(matches):
+            return False
+        if self.policy.fixed is not None:
+            return True
+        full = [0] * self.k_max  # the longest proposal: the most a lookup can promise at that match length
+        return any(self.policy.best([_Sources(r.seen if self.drafter is not None else None, r.lookup, full,
+                                              min(n + extra, r.lookup.max_ngram) if n else 0)
+                                     for r, n in zip(self.rows, matches)]) > 0 for extra in (0, 1))
 
     def close(self) -> None:
         """Finish every request (its caches are freed); the engine can take new ones."""

@@ -331,10 +331,16 @@ class BatchPolicy:
         """Expected tokens per second of the whole batch when drafting k."""
         return sum(a.expected_tokens(k) for a in rows) / self.costs_for(len(rows)).step(k)
 
+    def best(self, rows: list[Acceptance]) -> int:
+        """The k with the best expected tokens per second for these rows (no probing, nothing recorded)."""
+        if self.fixed is not None:
+            return self.fixed
+        return max(range(self.k_max + 1), key=lambda k: (with_margin(self.rate(rows, k), k), -k))
+
     def choose(self, rows: list[Acceptance]) -> int:
         if self.fixed is not None:
             return self.fixed
-        k = max(range(self.k_max + 1), key=lambda k: (with_margin(self.rate(rows, k), k), -k))
+        k = self.best(rows)
         if k == 0 and self.k_max > 0 and self._since_draft >= probe_interval(self.costs_for(len(rows)), self.probe_every):
             k = 1
         self.history.append(k)
