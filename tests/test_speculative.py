@@ -315,20 +315,16 @@ def test_cli_generate_json_on_transformers_saved_checkpoints(golden):
     prompt = ",".join(map(str, meta["prompts"]["short"]))
     base = [sys.executable, "-m", "mlx_spec.cli", "generate", "--model", str(saved / "target"), "--drafter", str(saved / "drafter"),
             "--prompt-ids", prompt, "--max-tokens", "60", "--temp", "0", "--ignore-eos", "--json"]
-    outs = {}
-    for k in (0, 4):  # plain in process (typer's runner), speculative in a real process
-        if k == 0:
-            from typer.testing import CliRunner
+    from typer.testing import CliRunner
 
-            from mlx_spec.cli import app
+    from mlx_spec.cli import app
 
-            res = CliRunner().invoke(app, base[3:] + ["--draft-tokens", "0"])
-            assert res.exit_code == 0, res.output
-            outs[k] = json.loads(res.stdout)
-            continue
-        res = subprocess.run(base + ["--draft-tokens", str(k)], capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stderr
-        outs[k] = json.loads(res.stdout)
+    plain = CliRunner().invoke(app, base[3:] + ["--draft-tokens", "0"])  # plain in process (typer's runner)
+    assert plain.exit_code == 0, plain.output
+    spec = subprocess.run(base + ["--draft-tokens", "4"], capture_output=True, text=True, timeout=120)  # a real process
+    assert spec.returncode == 0, spec.stderr
+    outs = {0: json.loads(plain.stdout), 4: json.loads(spec.stdout)}
+    for k in (0, 4):
         assert {"target_forwards", "drafted", "accepted"} <= set(outs[k]["stats"])
         assert isinstance(outs[k]["text"], str)
         assert outs[k]["tokens"] == meta["greedy"]["short"]

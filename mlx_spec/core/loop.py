@@ -375,12 +375,8 @@ def _decode(prompt, target, drafter, policy, strategy, history, lookup, exact, m
             t0 = time.perf_counter()
             ahead = queue(block.next_token, block.hidden, generated + end, known=True)
             bubble = time.perf_counter() - t0
-        if finished:
-            pass  # nothing was queued behind the last step: its interval is not a step's cost
-        elif block.match:
-            lookup.observe(block.k, interval - owed + bubble)
-        else:
-            policy.observe(block.k, interval - owed + bubble)
+        if not finished:  # nothing is queued behind the last step: its interval is not a step's cost
+            (lookup if block.match else policy).observe(block.k, interval - owed + bubble)
         owed = bubble
         for i in range(end):
             generated = stats.generated = generated + 1
@@ -402,9 +398,9 @@ def lookup_may_draft(policy, lookup: Lookup) -> bool:
         return False
     if not hasattr(policy, "rate"):  # a fixed k: any proposal at least k long is taken
         return True
-    cost = lookup.costs.step if lookup.costs is not None else policy.costs.step
     full = [0] * lookup.k_max  # the longest proposal: its best rate bounds any shorter one's
-    return max(best_lookup(lookup, full, m, cost)[1] for m in {n, min(n + 1, lookup.max_ngram)}) > with_margin(policy.rate(0), 0)
+    rate = max(best_lookup(lookup, full, m, lookup_costs(policy, lookup))[1] for m in {n, min(n + 1, lookup.max_ngram)})
+    return rate > with_margin(policy.rate(0), 0)
 
 
 def lookup_length(policy, lookup: Lookup, proposal: list[int], n: int, k: int, mtp: bool) -> int:
@@ -416,8 +412,13 @@ def lookup_length(policy, lookup: Lookup, proposal: list[int], n: int, k: int, m
         return 0
     if not hasattr(policy, "rate"):  # a fixed k
         return min(len(proposal), policy.k) if (len(proposal) >= policy.k or not mtp) else 0
-    kl, rate = best_lookup(lookup, proposal, n, lookup.costs.step if lookup.costs is not None else policy.costs.step)
+    kl, rate = best_lookup(lookup, proposal, n, lookup_costs(policy, lookup))
     return kl if rate > with_margin(policy.rate(k), k) else 0
+
+
+def lookup_costs(policy, lookup: Lookup):
+    """What a step verifying k lookup drafts costs: the lookup's own verify-only table, else the policy's."""
+    return lookup.costs.step if lookup.costs is not None else policy.costs.step
 
 
 # ------------------------------------------------------------------------------------------------
