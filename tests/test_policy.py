@@ -7,7 +7,7 @@ import pytest
 
 from mlx_spec.core.loading import load_pair
 from mlx_spec.core.loop import measure_step_costs
-from mlx_spec.core.policy import AdaptivePolicy, MoECosts, StepCosts, expected_tokens
+from mlx_spec.core.policy import AdaptivePolicy, BatchPolicy, MoECosts, StepCosts, expected_tokens
 from mlx_spec.core.loop import SpecStats, speculative_generate_step, token_ids
 from mlx_spec.core.target import Target
 from test_speculative import ConstantDrafter, OracleDrafter
@@ -155,6 +155,27 @@ def test_plain_keeps_its_price_while_speculating():
     policy = AdaptivePolicy(2, costs)
     policy.seen.accepted[:], policy.seen.reached[:] = [20.0, 10.0], [100.0, 20.0]  # a1 ~ 0.2: k = 1 does not pay
     assert policy.best() == 0
+
+
+def test_each_generation_pairs_only_its_own_steps(dense):
+    """Observations are applied one step late, paired with their neighbour; the last held-back one of
+    a generation is dropped when the next begins, not charged the next generation's slow first step."""
+    costs = StepCosts([1.0, 1.2])
+    costs.observe(1, 1.2)
+    costs.observe(1, 1.2)  # a generation's last observed step (held back)
+    costs.restart()
+    costs.observe(0, 1.9)  # the next generation's first plain step, unpipelined
+    costs.observe(0, 1.0)
+    assert costs.step(1) == pytest.approx(1.2)  # not charged the 0.9
+    target, drafter = dense  # and the loop restarts the pairing at every generation
+    costs.pending = (1, 5.0)
+    list(speculative_generate_step([2] + list(range(20, 40)), target, drafter, policy=AdaptivePolicy(2, costs), max_tokens=2))
+    assert costs.pending is None  # its only step is the last one, never observed
+    tables = {3: StepCosts([1.0, 1.2]), 4: StepCosts([1.0, 1.2])}  # batched: each size pairs its own steps
+    batch = BatchPolicy(1, costs_for=tables.get)
+    for rows, k, seconds in ((3, 1, 1.2), (3, 1, 1.2), (4, 0, 1.0), (3, 0, 1.9), (3, 0, 1.0)):
+        batch.observe(rows, k, seconds)
+    assert tables[3].step(1) == pytest.approx(1.2)
 
 
 def test_a_draft_must_promise_more_than_noise_to_beat_plain():

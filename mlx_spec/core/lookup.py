@@ -97,6 +97,10 @@ class Lookup:
         if self.costs is not None:
             self.costs.observe(k, seconds)
 
+    def restart(self) -> None:
+        if self.costs is not None:
+            self.costs.restart()
+
     def remember(self, previous: "Lookup") -> None:
         for n, seen in previous.seen.items():
             if n in self.seen:

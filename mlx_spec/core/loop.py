@@ -341,7 +341,9 @@ def _decode(prompt, target, drafter, policy, strategy, history, lookup, exact, m
         return
 
     owed = 0.0  # graph-building time of the block being read, already charged to the step before it
+    policy.restart()  # step costs are observed in pairs of neighbours; none with the last generation's
     if lookup is not None:
+        lookup.restart()
         lookup.extend([first])
     while block is not None:
         ahead = None

@@ -54,6 +54,8 @@ class CostModel(Protocol):
 
     def observe(self, k: int, seconds: float) -> None: ...
 
+    def restart(self) -> None: ...
+
 
 @dataclass
 class StepCosts:
@@ -108,6 +110,11 @@ class StepCosts:
         else:
             self._apply(*previous)
 
+    def restart(self) -> None:
+        """A new run of steps (a generation) begins: the last run's held-back observation is dropped,
+        not paired with this run's first step (the two were never next to each other)."""
+        self.pending = None
+
     def _apply(self, k: int, seconds: float) -> None:
         s = self.smoothing
 
@@ -153,6 +160,9 @@ class MoECosts:
     def observe(self, k: int, seconds: float) -> None:
         self.base.observe(k, seconds - self._correction(k))
 
+    def restart(self) -> None:
+        self.base.restart()
+
 
 def byte_costs(target, drafter, k_max: int, rows: int = 1) -> StepCosts:
     """A bandwidth-bound model from weight bytes (no timing, so decisions are reproducible): every
@@ -191,6 +201,9 @@ class FixedPolicy:
         pass
 
     def observe(self, k: int, seconds: float) -> None:
+        pass
+
+    def restart(self) -> None:
         pass
 
 
@@ -284,6 +297,10 @@ class AdaptivePolicy:
         """What a step drafting k cost (the loop charges it the pipeline bubble it causes)."""
         self.costs.observe(k, seconds)
 
+    def restart(self) -> None:
+        """A generation's steps begin (see StepCosts.restart)."""
+        self.costs.restart()
+
     def update(self, k: int, accepted: int) -> None:
         """How many of a step's k drafts were accepted."""
         self._since_draft = 0 if k > 0 else self._since_draft + 1
@@ -305,6 +322,7 @@ class BatchPolicy:
     _since_draft: int = 0
     history: list[int] = field(default_factory=list)
     memory: Acceptance = None  # every row's outcomes pooled: a new row starts from it (at half weight)
+    _observed_batch: int = 0  # the batch size of the last observed step
 
     def __post_init__(self):
         self.memory = Acceptance(max(1, self.k_max))
@@ -354,8 +372,13 @@ class BatchPolicy:
 
     def observe(self, batch: int, k: int, seconds: float) -> None:
         """What a step of `batch` rows drafting k cost (including the pipeline bubble it caused)."""
-        if self.costs_for is not None:
-            self.costs_for(batch).observe(k, seconds)
+        if self.costs_for is None:
+            return
+        costs = self.costs_for(batch)
+        if batch != self._observed_batch:  # the table's held-back step (the batch's size some time ago) is no neighbour
+            costs.restart()
+            self._observed_batch = batch
+        costs.observe(k, seconds)
 
 
 def make_policy(draft, costs: Optional[CostModel] = None):
