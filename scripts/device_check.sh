@@ -32,7 +32,7 @@ if [ "$WHAT" != bench ]; then
       --variants dense,moe,dense-4bit --json "$OUT/recheck.json" > "$OUT/recheck.md" 2>&1
   echo "recheck exit $?" >> "$OUT/recheck.md"
   # GPU kernels: the speculative tests are tie-aware there (tests/ties.py prints the margin at any divergence)
-  timeout ${TEST_TIMEOUT:-150} python -m pytest -v -p no:cacheprovider --durations=8 tests/test_speculative.py \
+  timeout ${TEST_TIMEOUT:-150} python -m pytest -o addopts=-ra -v -p no:cacheprovider --durations=8 tests/test_speculative.py \
       -k "equals_plain or exact_verify or one_host or yields or stop_token or token_limit" >> "$OUT/tests.txt" 2>&1
   echo "tests exit $?" >> "$OUT/tests.txt"
   tail -n 25 "$OUT/tests.txt"

@@ -26,7 +26,7 @@ export PYTHONPATH=$PYTHONPATH:$S
 export MLX_SPEC_TINY=/tmp/mlx-spec-tiny
 [ -d "$MLX_SPEC_TINY/dense/drafter-trained" ] || \
   python scripts/make_tiny_checkpoints.py "$MLX_SPEC_TINY" --trained-drafters tests/fixtures/drafters >> "$LOGS" 2>&1
-timeout ${TEST_TIMEOUT:-150} python -m pytest -v -p no:cacheprovider --durations=6 \
+timeout ${TEST_TIMEOUT:-150} python -m pytest -o addopts=-ra -v -p no:cacheprovider --durations=6 \
     tests/test_batch.py tests/test_lookup.py "tests/test_speculative.py::test_logits_processors_greedy_equals_mlx_lm_with_the_same_processors" \
     -k "rows_equal or prompt_cache or lossless or processors or stop_token or cancel" >> "$OUT/tests.txt" 2>&1
 echo "tests exit $?" >> "$OUT/tests.txt"
