@@ -17,7 +17,7 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_spec import generate, load
-from mlx_spec.tools.distill import Batches, DistillConfig, Shard, distill, free_running_acceptance, k_step_loss, read_texts
+from mlx_spec.tools.distill import Batches, DistillConfig, Shard, collect, distill, free_running_acceptance, k_step_loss, read_texts
 from mlx_spec.core.errors import MlxSpecError, PairMismatchError
 from mlx_spec.core.loading import load_target, load_tokenizer
 from mlx_spec.core.model_config import FULL, SLIDING
@@ -155,6 +155,23 @@ def test_distill_resumes_from_checkpoint(targets, corpus, tmp_path):
     report = distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path, DistillConfig(**{**SMOKE, "steps": 15}), progress=False, echo=said.append)
     assert report.steps == 15 and any("resuming at step 10" in s for s in said)
     assert [p.stat().st_mtime_ns for p in shards] == stamp  # collected data reused, not recollected
+
+
+def test_collection_resumes_by_tokens_with_another_batch(targets, corpus, tmp_path):
+    """Resuming counts the tokens already collected, whatever batch collected them; a shard cut off
+    mid-write is ignored; sequences of another length are refused with what to pass."""
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    target, texts = Target(loaded.module, {}, track_experts=False), read_texts([corpus])
+    cfg = DistillConfig(**{**SMOKE, "tokens": 2 * 4 * 64})
+    first = collect(target, tokenizer, texts, cfg, tmp_path, progress=False)
+    assert [Shard.load(p).tokens.shape for p in first] == [(4, 64)] * 2
+    (tmp_path / "shard_00002.tmp.npz").write_bytes(b"cut off")
+    more = collect(target, tokenizer, texts, DistillConfig(**{**SMOKE, "tokens": 2 * 4 * 64 + 8 * 64, "collect_batch": 8}), tmp_path, progress=False)
+    assert more[:2] == first and len(more) == 3 and Shard.load(more[2]).tokens.shape == (8, 64)
+    assert collect(target, tokenizer, texts, cfg, tmp_path, progress=False) == first  # fewer tokens asked: a prefix
+    with pytest.raises(MlxSpecError, match="--seq-len 64 --prompt-len 44"):
+        collect(target, tokenizer, texts, DistillConfig(**{**SMOKE, "prompt_len": 40}), tmp_path, progress=False)
 
 
 def test_time_budget_stops_training_and_still_writes(targets, corpus, tmp_path):

@@ -209,11 +209,23 @@ def collect_shard(target: Target, prompts: np.ndarray, seq_len: int, soft_top: i
 
 
 def collect(target: Target, tokenizer, texts: list[str], cfg: DistillConfig, folder: Path, progress: bool = True) -> list[Path]:
-    """Write shards to `folder` until cfg.tokens tokens are collected (existing shards are kept: resume)."""
+    """Write shards to `folder` until cfg.tokens tokens are collected. Existing shards are kept (resume),
+    also when --collect-batch changed (a bigger batch decodes faster); seq and prompt length must match."""
     folder.mkdir(parents=True, exist_ok=True)
+    shards, have = [], 0  # the existing shards that count (a prefix of them, if --tokens shrank)
+    for path in sorted(p for p in folder.glob("shard_*.npz") if not p.name.endswith(".tmp.npz")):  # tmp: cut off mid-write
+        if have >= cfg.tokens and len(shards) >= 2:
+            break
+        with np.load(path) as z:
+            rows, length = z["tokens"].shape
+            prompt = int(z["generated_from"])
+        if (length, prompt) != (cfg.seq_len, cfg.prompt_len):
+            raise MlxSpecError(f"{folder} holds sequences collected with --seq-len {length} --prompt-len {prompt}: pass "
+                               f"those to resume, or another --out (or delete {folder}) to collect anew.")
+        shards.append(path)
+        have += rows * length
     per_shard = cfg.collect_batch * cfg.seq_len
-    wanted = max(2, math.ceil(cfg.tokens / per_shard))
-    shards = sorted(folder.glob("shard_*.npz"))
+    wanted = max(2, len(shards) + max(0, math.ceil((cfg.tokens - have) / per_shard)))  # >= 1 to train on, 1 held out
     chat = getattr(tokenizer, "chat_template", None) is not None
     bar = _bar(wanted, "collecting target continuations", "shard", progress, initial=len(shards))
     for i in range(len(shards), wanted):
@@ -225,7 +237,7 @@ def collect(target: Target, tokenizer, texts: list[str], cfg: DistillConfig, fol
         shards.append(path)
         bar.update(1)
     bar.close()
-    return shards[:wanted]
+    return shards
 
 
 # ----------------------------------------------------------------------------------------------
