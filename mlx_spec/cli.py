@@ -30,6 +30,9 @@ FREQUENCY_PENALTY = typer.Option(0.0, "--frequency-penalty", help="Subtracted fr
 LOGIT_BIAS = typer.Option(None, "--logit-bias", help="Token id biases, like 17=-100,42=2.5 (added to those logits).")
 
 
+LOOKUP_FORMS = "lookup-auto / lookup-N: prompt lookup alone; auto+lookup / N+lookup: both, each step from the better source."
+
+
 @app.callback()
 def _root() -> None:
     """Lossless MTP speculative decoding for Gemma 4 on MLX."""
@@ -157,7 +160,7 @@ def generate(
     presence_penalty: float = PRESENCE_PENALTY,
     frequency_penalty: float = FREQUENCY_PENALTY,
     logit_bias: Optional[str] = LOGIT_BIAS,
-    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="Drafts per step: auto (adaptive, may choose none) or N, 0 to 32 (0: plain decoding)."),
+    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="Drafts per step: auto (adaptive, may choose none) or N, 0 to 32 (0: plain decoding); " + LOOKUP_FORMS),
     exact_verify: bool = typer.Option(False, "--exact-verify", help="Verify drafts with plain decoding's own 1-row forwards: greedy output bit-identical to plain decoding on any backend, at plain decoding's cost or more."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Do not stop at end-of-sequence tokens."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object: tokens, text, stats."),
@@ -215,7 +218,7 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (localhost by default; 0.0.0.0 exposes it to the network)."),
     port: int = typer.Option(8080, "--port"),
     max_batch: int = typer.Option(8, "--max-batch", help="Most requests decoded together; more wait for a free row."),
-    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N, 0 to 32 (0: plain batched decoding)."),
+    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N, 0 to 32 (0: plain batched decoding); " + LOOKUP_FORMS),
     exact_verify: bool = typer.Option(False, "--exact-verify", help="Greedy output bit-identical to batched plain decoding."),
     prompt_cache_gb: float = typer.Option(2.0, "--prompt-cache-gb", help="Memory for the prompt cache across requests (a resent conversation prefills only its new part; 0: off)."),
 ) -> None:
@@ -254,7 +257,7 @@ def chat(
     presence_penalty: float = PRESENCE_PENALTY,
     frequency_penalty: float = FREQUENCY_PENALTY,
     logit_bias: Optional[str] = LOGIT_BIAS,
-    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N, 0 to 32 (0: plain decoding)."),
+    draft_tokens: str = typer.Option("auto", "--draft-tokens", help="auto or N, 0 to 32 (0: plain decoding); " + LOOKUP_FORMS),
     exact_verify: bool = typer.Option(False, "--exact-verify", help="Greedy replies bit-identical to plain decoding on any backend (see generate --help)."),
     ignore_eos: bool = typer.Option(False, "--ignore-eos", help="Replies always run to --max-tokens."),
 ) -> None:
@@ -310,7 +313,7 @@ def bench(
     model: str = typer.Option(DEFAULT_MODEL, "--model", "-m", help="Target: local folder or hub id."),
     drafter: Optional[str] = typer.Option(None, "--drafter", "-d", help="Drafter folder or hub id."),
     prompts: Optional[str] = typer.Option(None, "--prompts", help="JSON lines: name, category, prompt (default: the bundled set)."),
-    draft_tokens: str = typer.Option("1,2,4,8,auto", "--draft-tokens", help="Comma-separated draft lengths and/or auto; exact-N / exact-auto verify with plain decoding's 1-row forwards."),
+    draft_tokens: str = typer.Option("1,2,4,8,auto", "--draft-tokens", help="Comma-separated draft lengths and/or auto; exact-N / exact-auto verify with plain decoding's 1-row forwards; " + LOOKUP_FORMS),
     max_tokens: int = typer.Option(128, "--max-tokens", help="Tokens generated per run."),
     repeats: int = typer.Option(3, "--repeats", help="Measured passes over the prompts."),
     temp: str = typer.Option("0", "--temp", help="Sampling temperature(s), e.g. 0,0.7 (0: greedy, checked token-identical to plain)."),
