@@ -599,7 +599,8 @@ def distill(
                         lr=lr, time_budget=time_budget, seed=seed)
     report = run_distill(loaded.module, target, tokenizer, data, Path(out), cfg, progress=progress, echo=typer.echo)
     typer.echo(f"wrote drafter to {out} ({report.steps} steps, {report.train_seconds / 60:.1f} min training, "
-               f"{report.collected_tokens} tokens collected in {report.collect_seconds / 60:.1f} min)")
+               f"{report.collected_tokens} tokens collected in {report.collect_seconds / 60:.1f} min"
+               + (f", not counting {report.shards_without_seconds} shards that did not record their time)" if report.shards_without_seconds else ")"))
 
 
 def main(argv: Optional[list[str]] = None) -> int:
