@@ -578,6 +578,7 @@ def distill(
     collect_batch: int = typer.Option(32, "--collect-batch", help="Sequences the target continues at once."),
     lr: float = typer.Option(1e-3, "--lr", help="Peak learning rate (AdamW, warm-up then cosine)."),
     seed: int = typer.Option(0, "--seed"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="An earlier drafter for this target (from mlx-spec distill): its held-out acceptance on the same data is reported beside the new one's."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars."),
 ) -> None:
     """Train an MTP drafter for any mlx-lm target: collect its greedy continuations of your text, train the
@@ -597,10 +598,28 @@ def distill(
     cfg = DistillConfig(seq_len=seq_len, prompt_len=prompt_len, collect_batch=collect_batch, tokens=tokens,
                         draft_tokens=draft_tokens, head_size=head_size, soft_weight=soft_weight, soft_top=soft_top, layers=layers, batch=batch, steps=steps,
                         lr=lr, time_budget=time_budget, seed=seed)
-    report = run_distill(loaded.module, target, tokenizer, data, Path(out), cfg, progress=progress, echo=typer.echo)
+    earlier = None
+    if baseline is not None:
+        earlier = (baseline, _distilled_drafter(baseline, loaded.module, target))
+    report = run_distill(loaded.module, target, tokenizer, data, Path(out), cfg, progress=progress, echo=typer.echo, baseline=earlier)
     typer.echo(f"wrote drafter to {out} ({report.steps} steps, {report.train_seconds / 60:.1f} min training, "
                f"{report.collected_tokens} tokens collected in {report.collect_seconds / 60:.1f} min"
                + (f", not counting {report.shards_without_seconds} shards that did not record their time)" if report.shards_without_seconds else ")"))
+
+
+def _distilled_drafter(name: str, target_module, target_name: str):
+    """A drafter `mlx-spec distill` wrote, checked against and attached to the target."""
+    from .core.loading import load_drafter, model_folders
+    from .core.models import mtp_drafter
+
+    drafter = load_drafter(model_folders(name)[1] or name)
+    if drafter.config.get("model_type") != mtp_drafter.MODEL_TYPE:
+        raise MlxSpecError(f"--baseline {name} is not a drafter from `mlx-spec distill` (model_type {drafter.config.get('model_type')!r}): "
+                           "pass one it wrote.")
+    problems = mtp_drafter.check_target(drafter.config, target_module, target_name, name)
+    if problems:
+        raise MlxSpecError(f"--baseline {name} was trained for another target ({'; '.join(problems)}).")
+    return drafter.module.attach(target_module)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

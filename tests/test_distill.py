@@ -198,6 +198,29 @@ def test_distilled_pair_is_lossless_past_the_window(kind, targets, distilled, tm
         assert spec == plain, (kind, k)
 
 
+def test_baseline_drafter_is_scored_on_the_same_heldout_data(tiny, targets, corpus, distilled, tmp_path):
+    """--baseline: an earlier drafter's held-out acceptance on the new run's held-out shards. Same seed,
+    same corpus, same target: the same shards the earlier drafter was scored on, so its numbers come
+    back (up to its float16 weights; its own head mapped, not the new drafter's); drafters it cannot score are refused."""
+    from mlx_spec.cli import _distilled_drafter
+
+    folder, trained = distilled["llama"]
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    earlier = _distilled_drafter(str(folder), loaded.module, "llama")
+    cfg = DistillConfig(**{**SMOKE, "steps": 1, "head_size": 32})
+    report = distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path, cfg, progress=False, echo=lambda _: None,
+                     baseline=(str(folder), earlier))
+    assert report.baseline == str(folder) and report.head_size == 32
+    for key in ("acceptance_per_position", "sampled_acceptance_first_position"):  # saved as float16: nearly the same
+        assert report.baseline_heldout[key] == pytest.approx(trained.heldout[key], abs=0.02), key
+    assert report.heldout["acceptance_per_position"] != trained.heldout["acceptance_per_position"]
+    with pytest.raises(MlxSpecError, match="not a drafter from `mlx-spec distill`"):
+        _distilled_drafter(str(tiny / "dense" / "drafter"), loaded.module, "llama")
+    with pytest.raises(MlxSpecError, match="trained for another target"):
+        _distilled_drafter(str(distilled["gemma3"][0]), loaded.module, "llama")
+
+
 def test_demo_layout_folder_finds_its_drafter(targets, distilled, tmp_path):
     root = tmp_path / "demo"
     root.mkdir()

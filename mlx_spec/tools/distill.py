@@ -433,12 +433,35 @@ class Report:
     train_seconds: float = 0.0
     final_loss: float = float("nan")
     heldout: dict = field(default_factory=dict)
+    baseline: Optional[str] = None  # an earlier drafter, evaluated on the same held-out data
+    baseline_heldout: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)
 
 
+def evaluate(model: mtp_drafter.Model, shards: list[Shard], target: Target, cfg: DistillConfig, window: Optional[int],
+             eos: list[int]) -> dict:
+    """Held-out acceptance of `model` (the module doc's step 3) on `shards`, scored over its own head."""
+    soft = all(s.top_ids is not None for s in shards)  # the sampled measure needs the recorded distributions
+    head_ids = [int(t) for t in np.array(model.head_ids)] if model.args.head_size else []
+    data = Batches(shards, target, head_ids, cfg.draft_tokens, window, eos, soft)
+    rows = np.arange(len(data))
+    result = free_running_acceptance(model, data, rows, cfg.draft_tokens, eos)
+    if soft:
+        result["sampled_acceptance_first_position"] = sampled_acceptance(model, data, rows)
+    return result
+
+
+def describe(heldout: dict) -> str:
+    sampled = heldout.get("sampled_acceptance_first_position")
+    return ("greedy acceptance per draft position: " + ", ".join(f"{a:.2f}" for a in heldout["acceptance_per_position"])
+            + (f"; sampled (temperature 1) at the first {sampled:.2f}" if sampled is not None else ""))
+
+
 def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: list[str], out: Path,
-            cfg: DistillConfig, progress: bool = True, echo: Callable[[str], None] = print) -> Report:
-    """Collect, train, evaluate; write the drafter to `out` (work files under out/.distill)."""
+            cfg: DistillConfig, progress: bool = True, echo: Callable[[str], None] = print,
+            baseline: Optional[tuple[str, mtp_drafter.Model]] = None) -> Report:
+    """Collect, train, evaluate; write the drafter to `out` (work files under out/.distill). `baseline`:
+    (name, an earlier drafter attached to this target), evaluated on the same held-out data."""
     out = Path(out).expanduser()
     work = out / ".distill"
     target = Target(target_module, {}, track_experts=False)
@@ -460,9 +483,8 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
     model.freeze(keys=["head_ids"], strict=False)
     soft = cfg.soft_weight > 0
     train = Batches(train_shards, target, head_ids, cfg.draft_tokens, window, eos, soft)
-    heldout = Batches(heldout_shards, target, head_ids, cfg.draft_tokens, window, eos, soft)
-    report.train_sequences, report.heldout_sequences = len(train), len(heldout)
-    echo(f"data: {report.collected_tokens} tokens ({len(train)} training / {len(heldout)} held-out sequences of {cfg.seq_len}); "
+    report.train_sequences, report.heldout_sequences = len(train), sum(len(s.tokens) for s in heldout_shards)
+    echo(f"data: {report.collected_tokens} tokens ({len(train)} training / {report.heldout_sequences} held-out sequences of {cfg.seq_len}); "
          f"head: {report.head_size or 'all'} tokens covering {report.head_coverage:.1%} of the target's greedy tokens")
 
     schedule = optim.join_schedules(
@@ -497,11 +519,11 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
     report.train_seconds = time.perf_counter() - start
     report.final_loss = float(np.mean(losses[-20:])) if losses else float("nan")
     _checkpoint(model, optimizer, step, report.train_seconds, work / "checkpoint")
-    report.heldout = free_running_acceptance(model, heldout, np.arange(len(heldout)), cfg.draft_tokens, eos)
-    if soft:
-        report.heldout["sampled_acceptance_first_position"] = sampled_acceptance(model, heldout, np.arange(len(heldout)))
-    echo("held-out greedy acceptance per draft position: " + ", ".join(f"{a:.2f}" for a in report.heldout["acceptance_per_position"])
-         + (f"; sampled (temperature 1) at the first: {report.heldout['sampled_acceptance_first_position']:.2f}" if soft else ""))
+    report.heldout = evaluate(model, heldout_shards, target, cfg, window, eos)
+    echo(f"held-out {describe(report.heldout)}")
+    if baseline is not None:
+        report.baseline, report.baseline_heldout = baseline[0], evaluate(baseline[1], heldout_shards, target, cfg, window, eos)
+        echo(f"held-out, {baseline[0]}: {describe(report.baseline_heldout)}")
     write_drafter(model, out, report)
     return report
 
