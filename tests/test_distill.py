@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
@@ -310,6 +311,11 @@ def test_soft_targets_and_reply_end_mask(targets):
     model.attach(module)
     embeds, hidden, kvs, labels, weights, soft = data.get(np.arange(2))
     hard = k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks)
+    h, ce = hidden, []  # the hard loss is the weighted mean of MLX's cross-entropy over the unrolled steps
+    for j in range(embeds.shape[0]):
+        h = model.hidden_state(mx.concatenate([embeds[j], h], axis=-1), 1, kvs, data.masks)
+        ce.append((nn.losses.cross_entropy(model.head_logits(h), labels[j], reduction="none") * weights[j]).sum())
+    assert float(hard) == pytest.approx(float(sum(ce) / weights.sum()), rel=1e-5)
     assert float(k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks, soft, 0.0)) == pytest.approx(float(hard))
     # soft weight 1 with the soft target put on the greedy label alone is the hard loss again
     one_hot = (mx.broadcast_to(labels[..., None], soft[0].shape).astype(mx.int32), mx.concatenate(
