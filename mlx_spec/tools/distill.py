@@ -20,7 +20,8 @@
    acceptance is what greedy verification would measure: the fraction of drafts at position i that
    match the target's continuation, given that the ones before matched; and, for sampling, the
    first position's expected acceptance sum_x min(p(x), q(x)) at temperature 1 (p over the target's
-   recorded top tokens: a lower bound).
+   recorded top tokens: a lower bound). An earlier drafter given as the baseline is scored on the same
+   held-out continuations (before/after on the same data).
 
 Checkpoints (weights, optimizer, step) let an interrupted run resume; a time budget stops training
 and still writes the drafter.
