@@ -187,6 +187,20 @@ def test_time_budget_stops_training_and_still_writes(targets, corpus, tmp_path):
     assert (tmp_path / "model.safetensors").exists()
 
 
+def test_checkpoints_are_written_by_time_too(targets, corpus, tmp_path, monkeypatch):
+    """A session can end at any moment: besides every `checkpoint_every` steps, a checkpoint is written
+    once `checkpoint_minutes` have passed since the last (0 here: after every step)."""
+    from mlx_spec.tools import distill as module
+
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    written, real = [], module._checkpoint
+    monkeypatch.setattr(module, "_checkpoint", lambda model, opt, step, elapsed, folder: (written.append(step), real(model, opt, step, elapsed, folder)))
+    cfg = DistillConfig(**{**SMOKE, "steps": 3, "checkpoint_every": 1000, "checkpoint_minutes": 0.0})
+    distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path, cfg, progress=False, echo=lambda _: None)
+    assert written[:3] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("kind", ["llama", "gemma3"])
 def test_distilled_pair_is_lossless_past_the_window(kind, targets, distilled, tmp_path):
     folder, _ = distilled[kind]

@@ -73,7 +73,8 @@ class DistillConfig:
     lr: float = 1e-3
     warmup: int = 50
     time_budget: Optional[float] = None  # minutes of training
-    checkpoint_every: int = 100
+    checkpoint_every: int = 100  # steps
+    checkpoint_minutes: float = 5.0  # and at least this often (a step takes seconds on a CPU)
     seed: int = 0
 
 
@@ -502,6 +503,7 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
     rng = np.random.RandomState(cfg.seed + step)
     bar = _bar(cfg.steps, "training drafter", "step", progress, initial=step)
     start, losses = time.perf_counter() - elapsed, []
+    saved = time.perf_counter()  # when the last checkpoint was written
     while step < cfg.steps:
         if cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget * 60:
             echo(f"time budget of {cfg.time_budget} min reached at step {step}")
@@ -515,8 +517,10 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
         losses.append(loss.item())
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            _checkpoint(model, optimizer, step, time.perf_counter() - start, work / "checkpoint")
+        now = time.perf_counter()
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or now - saved >= cfg.checkpoint_minutes * 60:
+            _checkpoint(model, optimizer, step, now - start, work / "checkpoint")
+            saved = now
     bar.close()
     report.steps = step
     report.train_seconds = time.perf_counter() - start
