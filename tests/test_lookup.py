@@ -193,3 +193,37 @@ def test_batched_plain_steps_stay_pipelined_unless_lookup_may_pay():
     e = engine()
     e.rows = e.rows[:1]  # no row repeats itself
     assert not BatchEngine._lookup_may_draft(e)
+
+
+@pytest.mark.parametrize("waits", (True, False))
+def test_plain_steps_that_wait_for_lookup_are_not_priced_as_plain(pairs, monkeypatch, waits):
+    """A plain step that waits for its token (the next step may draft by lookup) runs unpipelined: it is
+    the lookup option's price, not plain decoding's: recorded as plain, it raises plain's estimate (shared
+    with `auto`) and MTP drafts that do not pay look worth it. So it is not observed (single sequence and
+    batched); pipelined plain steps are."""
+    from mlx_spec.core import loop
+    from mlx_spec.core.batch import BatchEngine
+    from mlx_spec.core.policy import BatchPolicy
+
+    class Recording(StepCosts):
+        def observe(self, k, seconds):
+            observed.append(k)
+            super().observe(k, seconds)
+
+    pair = pairs["dense"]
+    target, drafter = pair.adapter, pair.draft_model
+    prompt = repetitive_prompt(target)
+    monkeypatch.setattr(loop, "lookup_may_draft", lambda policy, lookup: waits)
+    observed, stats = [], SpecStats()
+    policy = AdaptivePolicy(4, Recording([1.0, 1.3, 1.4, 1.5, 1.6], smoothing=0))
+    token_ids(speculative_generate_step(prompt, target, drafter, policy=policy, max_tokens=60, stats=stats, lookup=Lookup(4)))
+    assert sum(not d for d in stats.drafts_per_step) >= 3  # plain steps ran
+    assert (0 in observed) is not waits
+    monkeypatch.setattr(BatchEngine, "_lookup_may_draft", lambda self: waits)
+    observed, table = [], Recording([1.0, 2.0, 2.2, 2.4, 2.6], smoothing=0)  # drafting seldom pays: plain steps
+    engine = BatchEngine(target, drafter, BatchPolicy(4, costs_for=lambda rows: table), lookup=True)
+    engine.add(prompt, max_tokens=40)
+    engine.add(repetitive_prompt(target, 3), max_tokens=40)
+    while engine.active:
+        engine.step()
+    assert (0 in observed) is not waits

@@ -314,7 +314,8 @@ class BatchEngine:
         if block is None:
             return outputs
         ahead = None
-        if block.k == 0 and not self._joining and not any(r.finished for r in block.rows) and not self._lookup_may_draft():
+        waits = block.k == 0 and self._lookup_may_draft()  # the next step may draft by lookup: it needs this one's tokens
+        if block.k == 0 and not self._joining and not any(r.finished for r in block.rows) and not waits:
             ahead = self._build(outputs, plain_only=True)  # nothing to roll back: queue the next plain step first
         n, drafts, next_tokens = read_rows_block(block, self.target)
         now = time.perf_counter()
@@ -341,7 +342,8 @@ class BatchEngine:
             self._merge(outputs)
             ahead = self._build(outputs)
             bubble = time.perf_counter() - t0
-        self.policy.observe(len(block.rows), block.k, interval - self._owed + bubble)
+        if not waits:  # a plain step kept from queueing ahead by lookup is not batched plain decoding's cost
+            self.policy.observe(len(block.rows), block.k, interval - self._owed + bubble)
         self._owed = bubble
         self._queued = ahead
         return outputs

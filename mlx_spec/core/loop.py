@@ -341,13 +341,15 @@ def _decode(prompt, target, drafter, policy, strategy, history, lookup, exact, m
         return
 
     owed = 0.0  # graph-building time of the block being read, already charged to the step before it
+    waited = 0.0  # that of a plain step that waited for its token: charged to a lookup draft right after it
     policy.restart()  # step costs are observed in pairs of neighbours; none with the last generation's
     if lookup is not None:
         lookup.restart()
         lookup.extend([first])
     while block is not None:
         ahead = None
-        if block.k == 0 and not (lookup is not None and lookup_may_draft(policy, lookup)):
+        waits = block.k == 0 and lookup is not None and lookup_may_draft(policy, lookup)
+        if block.k == 0 and not waits:
             # plain step: nothing to roll back, so queue the next one before reading this one (unless the
             # next step may draft by lookup, which needs this one's token)
             ahead = queue(block.next_token, block.hidden, generated + 1)
@@ -378,7 +380,11 @@ def _decode(prompt, target, drafter, policy, strategy, history, lookup, exact, m
             ahead = queue(block.next_token, block.hidden, generated + end, known=True)
             bubble = time.perf_counter() - t0
         if not finished:  # nothing is queued behind the last step: its interval is not a step's cost
-            (lookup if block.match else policy).observe(block.k, interval - owed + bubble)
+            if waits:  # not plain decoding's cost (it queues ahead): the price of the lookup option
+                waited = bubble
+            else:
+                (lookup if block.match else policy).observe(block.k, interval - owed + bubble + (waited if block.match else 0.0))
+                waited = 0.0
         owed = bubble
         for i in range(end):
             generated = stats.generated = generated + 1
