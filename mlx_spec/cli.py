@@ -603,7 +603,7 @@ def distill(
         earlier = (baseline, _distilled_drafter(baseline, loaded.module, target))
     report = run_distill(loaded.module, target, tokenizer, data, Path(out), cfg, progress=progress, echo=typer.echo, baseline=earlier)
     typer.echo(f"wrote drafter to {out} ({report.steps} steps, {report.train_seconds / 60:.1f} min training, "
-               f"{report.collected_tokens} tokens collected in {report.collect_seconds / 60:.1f} min"
+               f"{report.collected_tokens} tokens collected in {report.collect_seconds / 60:.1f} min ({report.collect_cpu_seconds / 60:.1f} CPU min)"
                + (f", not counting {report.shards_without_seconds} shards that did not record their time)" if report.shards_without_seconds else ")"))
 
 

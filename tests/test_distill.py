@@ -155,7 +155,7 @@ def test_distill_resumes_from_checkpoint(targets, corpus, tmp_path):
     said = []
     report = distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path, DistillConfig(**{**SMOKE, "steps": 15}), progress=False, echo=said.append)
     assert report.steps == 15 and any("resuming at step 10" in s for s in said)
-    assert report.collect_seconds > 0 and report.shards_without_seconds == 0  # the first run's collection time
+    assert report.collect_seconds > 0 and report.collect_cpu_seconds > 0 and report.shards_without_seconds == 0  # the first run's
     assert [p.stat().st_mtime_ns for p in shards] == stamp  # collected data reused, not recollected
 
 
@@ -168,7 +168,7 @@ def test_collection_resumes_by_tokens_with_another_batch(targets, corpus, tmp_pa
     cfg = DistillConfig(**{**SMOKE, "tokens": 2 * 4 * 64})
     first = collect(target, tokenizer, texts, cfg, tmp_path, progress=False)
     assert [Shard.load(p).tokens.shape for p in first] == [(4, 64)] * 2
-    assert all(Shard.load(p).seconds > 0 for p in first)  # each shard's collection time, summed by the report
+    assert all(Shard.load(p).seconds > 0 and Shard.load(p).cpu_seconds > 0 for p in first)  # summed by the report
     (tmp_path / "shard_00002.tmp.npz").write_bytes(b"cut off")
     more = collect(target, tokenizer, texts, DistillConfig(**{**SMOKE, "tokens": 2 * 4 * 64 + 8 * 64, "collect_batch": 8}), tmp_path, progress=False)
     assert more[:2] == first and len(more) == 3 and Shard.load(more[2]).tokens.shape == (8, 64)

@@ -152,12 +152,13 @@ class Shard:
     generated_from: int  # first position whose token the target generated
     top_ids: Optional[np.ndarray] = None  # [B, T - 1, K] int32: the target's K likeliest tokens after 0 .. T - 2
     top_logp: Optional[np.ndarray] = None  # [B, T - 1, K] float16: their log-probabilities (temperature 1)
-    seconds: Optional[float] = None  # what collecting it took (None: not recorded, older shards)
+    seconds: Optional[float] = None  # what collecting it took, wall clock (None: not recorded, older shards)
+    cpu_seconds: Optional[float] = None  # and in CPU time of the process (all threads; pauses not counted)
 
     def save(self, path: Path) -> None:
         arrays = {"tokens": self.tokens, "hidden": self.hidden, "labels": self.labels, "generated_from": np.array(self.generated_from)}
         if self.seconds is not None:
-            arrays["seconds"] = np.array(self.seconds)
+            arrays["seconds"], arrays["cpu_seconds"] = np.array(self.seconds), np.array(self.cpu_seconds or 0.0)
         if self.top_ids is not None:
             arrays["top_ids"], arrays["top_logp"] = self.top_ids, self.top_logp
         for layer_type, (k, v) in self.kv.items():
@@ -172,7 +173,8 @@ class Shard:
         kv = {name[2:]: (z[name], z["v." + name[2:]]) for name in z.files if name.startswith("k.")}
         top = (z["top_ids"], z["top_logp"]) if "top_ids" in z.files else (None, None)
         seconds = float(z["seconds"]) if "seconds" in z.files else None
-        return cls(z["tokens"], z["hidden"], z["labels"], kv, int(z["generated_from"]), *top, seconds)
+        cpu = float(z["cpu_seconds"]) if "cpu_seconds" in z.files else None
+        return cls(z["tokens"], z["hidden"], z["labels"], kv, int(z["generated_from"]), *top, seconds, cpu)
 
 
 def top_tokens_of(logits: mx.array, k: int) -> tuple[mx.array, mx.array]:
@@ -236,10 +238,10 @@ def collect(target: Target, tokenizer, texts: list[str], cfg: DistillConfig, fol
     bar = _bar(wanted, "collecting target continuations", "shard", progress, initial=len(shards))
     for i in range(len(shards), wanted):
         rng = np.random.RandomState(cfg.seed * 100003 + i)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         prompts = make_prompts(texts, tokenizer, cfg.collect_batch, cfg.prompt_len, rng, chat and i % 2 == 1)
         shard = collect_shard(target, prompts, cfg.seq_len, cfg.soft_top if cfg.soft_weight > 0 else 0)
-        shard.seconds = time.perf_counter() - t0
+        shard.seconds, shard.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
         path = folder / f"shard_{i:05d}.npz"
         shard.save(path)
         shards.append(path)
@@ -432,7 +434,8 @@ class Report:
     head_size: int = 0
     head_coverage: float = 0.0
     steps: int = 0
-    collect_seconds: float = 0.0  # over every run that collected the data (shards that recorded it)
+    collect_seconds: float = 0.0  # wall clock over every run that collected the data (shards that recorded it)
+    collect_cpu_seconds: float = 0.0  # CPU time of those runs (all threads; a paused run's pause not counted)
     shards_without_seconds: int = 0  # collected before shards recorded their time
     train_seconds: float = 0.0
     final_loss: float = float("nan")
@@ -475,6 +478,7 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
     paths = collect(target, tokenizer, texts, cfg, work / "data", progress)
     shards = [Shard.load(p) for p in paths]
     report.collect_seconds = sum(s.seconds or 0.0 for s in shards)
+    report.collect_cpu_seconds = sum(s.cpu_seconds or 0.0 for s in shards)
     report.shards_without_seconds = sum(s.seconds is None for s in shards)
     n_heldout = max(1, int(round(len(shards) * cfg.heldout)))
     train_shards, heldout_shards = shards[:-n_heldout], shards[-n_heldout:]
