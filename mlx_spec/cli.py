@@ -600,26 +600,24 @@ def distill(
                         lr=lr, time_budget=time_budget, seed=seed)
     earlier = None
     if baseline is not None:
-        earlier = (baseline, _distilled_drafter(baseline, loaded.module, target))
+        earlier = (baseline, _distilled_drafter(baseline, loaded))
     report = run_distill(loaded.module, target, tokenizer, data, Path(out), cfg, progress=progress, echo=typer.echo, baseline=earlier)
     typer.echo(f"wrote drafter to {out} ({report.steps} steps, {report.train_seconds / 60:.1f} min training, "
                f"{report.collected_tokens} tokens collected in {report.collect_seconds / 60:.1f} min ({report.collect_cpu_seconds / 60:.1f} CPU min)"
                + (f", not counting {report.shards_without_seconds} shards that did not record their time)" if report.shards_without_seconds else ")"))
 
 
-def _distilled_drafter(name: str, target_module, target_name: str):
-    """A drafter `mlx-spec distill` wrote, checked against and attached to the target."""
-    from .core.loading import load_drafter, model_folders
+def _distilled_drafter(name: str, target):
+    """A drafter `mlx-spec distill` wrote, checked against (`validate_pair`) and attached to the loaded target."""
+    from .core.loading import load_drafter, model_folders, validate_pair
     from .core.models import mtp_drafter
 
     drafter = load_drafter(model_folders(name)[1] or name)
     if drafter.config.get("model_type") != mtp_drafter.MODEL_TYPE:
         raise MlxSpecError(f"--baseline {name} is not a drafter from `mlx-spec distill` (model_type {drafter.config.get('model_type')!r}): "
                            "pass one it wrote.")
-    problems = mtp_drafter.check_target(drafter.config, target_module, target_name, name)
-    if problems:
-        raise MlxSpecError(f"--baseline {name} was trained for another target ({'; '.join(problems)}).")
-    return drafter.module.attach(target_module)
+    validate_pair(target, drafter)
+    return drafter.module.attach(target.module)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

@@ -222,7 +222,7 @@ def test_baseline_drafter_is_scored_on_the_same_heldout_data(tiny, targets, corp
     folder, trained = distilled["llama"]
     loaded = load_target(targets["llama"])
     tokenizer = load_tokenizer(loaded.path, loaded.config)
-    earlier = _distilled_drafter(str(folder), loaded.module, "llama")
+    earlier = _distilled_drafter(str(folder), loaded)
     cfg = DistillConfig(**{**SMOKE, "steps": 1, "head_size": 32})
     report = distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path, cfg, progress=False, echo=lambda _: None,
                      baseline=(str(folder), earlier))
@@ -231,9 +231,9 @@ def test_baseline_drafter_is_scored_on_the_same_heldout_data(tiny, targets, corp
         assert report.baseline_heldout[key] == pytest.approx(trained.heldout[key], abs=0.02), key
     assert report.heldout["acceptance_per_position"] != trained.heldout["acceptance_per_position"]
     with pytest.raises(MlxSpecError, match="not a drafter from `mlx-spec distill`"):
-        _distilled_drafter(str(tiny / "dense" / "drafter"), loaded.module, "llama")
-    with pytest.raises(MlxSpecError, match="trained for another target"):
-        _distilled_drafter(str(distilled["gemma3"][0]), loaded.module, "llama")
+        _distilled_drafter(str(tiny / "dense" / "drafter"), loaded)
+    with pytest.raises(PairMismatchError, match="was trained for .*, not "):
+        _distilled_drafter(str(distilled["gemma3"][0]), loaded)
 
 
 def test_demo_layout_folder_finds_its_drafter(targets, distilled, tmp_path):
