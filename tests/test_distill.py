@@ -18,7 +18,8 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_spec import generate, load
-from mlx_spec.tools.distill import Batches, DistillConfig, Shard, collect, distill, free_running_acceptance, k_step_loss, read_texts
+from mlx_spec.tools.distill import (Batches, DistillConfig, Shard, collect, distill, free_running_acceptance, k_step_loss, read_texts,
+                                    top_tokens_of)
 from mlx_spec.core.errors import MlxSpecError, PairMismatchError
 from mlx_spec.core.loading import load_target, load_tokenizer
 from mlx_spec.core.model_config import FULL, SLIDING
@@ -336,6 +337,21 @@ def test_soft_targets_and_reply_end_mask(targets):
         [mx.ones(soft[1].shape[:-1] + (1,)), mx.zeros(soft[1].shape[:-1] + (K - 1,))], axis=-1))
     assert float(k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks, one_hot, 1.0)) == pytest.approx(float(hard), rel=1e-5)
     assert float(k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks, soft, 1.0)) != pytest.approx(float(hard), rel=1e-3)
+
+
+@pytest.mark.parametrize("vocab", [1000, 1024, 40])
+def test_top_tokens_are_the_likeliest_with_their_log_probabilities(vocab):
+    """The block-wise top-k returns exactly the k highest logits (also when they crowd into one block,
+    and for a vocabulary that is not a multiple of the block or smaller than k blocks) with log-softmax values."""
+    rng = np.random.RandomState(vocab)
+    logits = rng.standard_normal((3, 5, vocab)).astype(np.float32) * 3
+    logits[0, 0, 64:80] += 20  # row (0, 0): the whole top 16 in one block
+    ids, logp = top_tokens_of(mx.array(logits), 16)
+    ids, logp = np.array(ids), np.array(logp).astype(np.float32)
+    want = np.argsort(-logits, axis=-1)[..., :16]
+    np.testing.assert_array_equal(np.sort(ids, axis=-1), np.sort(want, axis=-1))
+    exact = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    np.testing.assert_allclose(logp, np.take_along_axis(exact, ids, axis=-1), atol=2e-2)
 
 
 def test_read_texts_skips_binary_and_reports_missing(corpus, tmp_path):
