@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import mlx.core as mx
@@ -176,6 +177,31 @@ def test_collection_resumes_by_tokens_with_another_batch(targets, corpus, tmp_pa
     assert collect(target, tokenizer, texts, cfg, tmp_path, progress=False) == first  # fewer tokens asked: a prefix
     with pytest.raises(MlxSpecError, match="--seq-len 64 --prompt-len 44"):
         collect(target, tokenizer, texts, DistillConfig(**{**SMOKE, "prompt_len": 40}), tmp_path, progress=False)
+
+
+def test_collection_workers_write_the_same_shards_and_fill_gaps(targets, corpus, tmp_path):
+    """Two worker processes collect the shards one process would (shard i's prompts depend on i alone);
+    a shard missing from the middle (a run cut off) is collected again, the others kept."""
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    target, texts = Target(loaded.module, {}, track_experts=False), read_texts([corpus])
+    cfg = DistillConfig(**{**SMOKE, "tokens": 3 * 4 * 64})
+    alone = collect(target, tokenizer, texts, cfg, tmp_path / "alone", progress=False)
+    source = (str(targets["llama"]), [str(corpus)])
+    with pytest.raises(MlxSpecError, match="source"):
+        collect(target, tokenizer, texts, DistillConfig(**{**SMOKE, "collect_workers": 2}), tmp_path / "w", progress=False)
+    workers = collect(target, tokenizer, texts, DistillConfig(**{**asdict(cfg), "collect_workers": 2}), tmp_path / "w", False, source)
+    assert [p.name for p in workers] == [p.name for p in alone] == ["shard_00000.npz", "shard_00001.npz", "shard_00002.npz"]
+    assert not list((tmp_path / "w").glob("worker_*.log"))
+    for a, b in zip(alone, workers):
+        a, b = Shard.load(a), Shard.load(b)
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_allclose(a.hidden.astype(np.float32), b.hidden.astype(np.float32), atol=2e-2)
+    stamp = workers[0].stat().st_mtime_ns
+    workers[1].unlink()
+    again = collect(target, tokenizer, texts, cfg, tmp_path / "w", progress=False)
+    assert again == workers and workers[0].stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(Shard.load(again[1]).tokens, Shard.load(alone[1]).tokens)
 
 
 def test_time_budget_stops_training_and_still_writes(targets, corpus, tmp_path):
