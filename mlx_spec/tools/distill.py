@@ -300,7 +300,8 @@ def _collect_in_workers(source: tuple[str, list[str]], cfg: DistillConfig, folde
     workers, logs = [], []
     try:
         for w in range(n):
-            job = {"target": source[0], "data": list(source[1]), "cfg": asdict(cfg), "folder": str(folder), "indices": todo[w::n]}
+            job = {"target": source[0], "data": list(source[1]), "cfg": asdict(cfg), "folder": str(folder), "indices": todo[w::n],
+                   "parent": os.getpid()}
             log = folder / f"worker_{w}.log"
             logs.append(log)
             with open(log, "w") as out:
@@ -332,7 +333,9 @@ def _collect_in_workers(source: tuple[str, list[str]], cfg: DistillConfig, folde
 
 
 def collect_worker(argv: Optional[list[str]] = None) -> None:
-    """A collection worker process (see `_collect_in_workers`): argv[1] is its job as JSON."""
+    """A collection worker process (see `_collect_in_workers`): argv[1] is its job as JSON. It stops
+    before its next shard when the run that started it has gone (killed without the chance to stop it)."""
+    import os
     import sys
 
     from ..core.loading import load_target, load_tokenizer, model_folders
@@ -344,6 +347,8 @@ def collect_worker(argv: Optional[list[str]] = None) -> None:
     texts = read_texts(job["data"])
     cfg = DistillConfig(**job["cfg"])
     for index in job["indices"]:
+        if os.getppid() != job["parent"]:
+            return
         collect_one(target, tokenizer, texts, cfg, Path(job["folder"]), index)
 
 
