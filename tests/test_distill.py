@@ -204,6 +204,52 @@ def test_collection_workers_write_the_same_shards_and_fill_gaps(targets, corpus,
     np.testing.assert_array_equal(Shard.load(again[1]).tokens, Shard.load(alone[1]).tokens)
 
 
+def test_data_parallel_shares_sum_to_the_whole_batch_gradient(targets, corpus, tmp_path):
+    """Each training process's loss is divided by the whole batch's scored positions, so the summed
+    gradients of the shares are the gradient of the whole batch's mean loss."""
+    from mlx_spec.tools.distill import new_drafter
+
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    target = Target(loaded.module, {}, track_experts=False)
+    cfg = DistillConfig(**SMOKE)
+    shards = [Shard.load(p) for p in collect(target, tokenizer, read_texts([corpus]), cfg, tmp_path, progress=False)]
+    data = Batches(shards, target, list(range(64)), 3, None, soft=True)
+    model = new_drafter(loaded.module, "llama", cfg, list(range(64)))
+    grad = nn.value_and_grad(model, k_step_loss)
+
+    def loss_and_grads(rows, scored=None):
+        *batch, soft = data.get(np.array(rows))
+        return grad(model, *batch, data.masks, soft, 0.5, scored)
+
+    whole_loss, whole = loss_and_grads([0, 1, 2, 3])
+    scored = sum(data.get(np.array(r))[4].sum() for r in ([0, 1], [2, 3]))
+    (loss_a, a), (loss_b, b) = loss_and_grads([0, 1], scored), loss_and_grads([2, 3], scored)
+    assert float(loss_a + loss_b) == pytest.approx(float(whole_loss), rel=1e-5)
+    for (name, g), (_, ga), (_, gb) in zip(tree_flatten(whole), tree_flatten(a), tree_flatten(b)):
+        np.testing.assert_allclose(np.array(ga + gb), np.array(g), rtol=1e-4, atol=1e-6, err_msg=name)
+    assert not np.allclose(np.array(tree_flatten(a)[0][1]), np.array(tree_flatten(whole)[0][1]))  # a share alone is not the whole
+
+
+def test_training_workers_train_and_write_the_drafter(targets, corpus, tmp_path):
+    """Two data-parallel processes (MLX ring backend on local sockets) run every step, leave the
+    checkpoint the run resumes from, and the drafter is written and loads; a failing worker is
+    reported with its log."""
+    from mlx_spec.tools.distill import _run_workers
+
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    cfg = DistillConfig(**{**SMOKE, "steps": 6, "train_workers": 2})
+    report = distill(loaded.module, str(targets["llama"]), tokenizer, [str(corpus)], tmp_path, cfg, progress=False, echo=lambda _: None)
+    assert report.steps == 6 and np.isfinite(report.final_loss) and report.train_seconds > 0
+    assert json.loads((tmp_path / ".distill" / "checkpoint" / "state.json").read_text())["step"] == 6
+    assert not list((tmp_path / ".distill").glob("*.log")) and not (tmp_path / ".distill" / "train_hosts.json").exists()
+    pair, _ = load(str(targets["llama"]), str(tmp_path))
+    assert pair.drafter is not None
+    with pytest.raises(MlxSpecError, match="collect_worker 0 of 1 failed"):
+        _run_workers("collect_worker", [{"target": str(tmp_path / "missing")}], tmp_path, lambda: None)
+
+
 def test_time_budget_stops_training_and_still_writes(targets, corpus, tmp_path):
     loaded = load_target(targets["llama"])
     tokenizer = load_tokenizer(loaded.path, loaded.config)
@@ -222,7 +268,7 @@ def test_checkpoints_are_written_by_time_too(targets, corpus, tmp_path, monkeypa
     loaded = load_target(targets["llama"])
     tokenizer = load_tokenizer(loaded.path, loaded.config)
     written, real = [], module._checkpoint
-    monkeypatch.setattr(module, "_checkpoint", lambda model, opt, step, elapsed, folder: (written.append(step), real(model, opt, step, elapsed, folder)))
+    monkeypatch.setattr(module, "_checkpoint", lambda model, opt, step, *a: (written.append(step), real(model, opt, step, *a)))
     cfg = DistillConfig(**{**SMOKE, "steps": 3, "checkpoint_every": 1000, "checkpoint_minutes": 0.0})
     distill(loaded.module, "llama", tokenizer, [str(corpus)], tmp_path, cfg, progress=False, echo=lambda _: None)
     assert written[:3] == [1, 2, 3]

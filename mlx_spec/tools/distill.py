@@ -32,7 +32,10 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +45,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
 from mlx_lm.models.cache import KVCache
 
 from ..core.errors import MlxSpecError
@@ -76,6 +79,7 @@ class DistillConfig:
     checkpoint_every: int = 100  # steps
     checkpoint_minutes: float = 5.0  # and at least this often (a step takes seconds on a CPU)
     collect_workers: int = 1  # processes collecting at once (a CPU machine: one BLAS thread each)
+    train_workers: int = 1  # data-parallel training processes (the same)
     seed: int = 0
 
 
@@ -284,60 +288,72 @@ def collect_one(target: Target, tokenizer, texts: list[str], cfg: DistillConfig,
     return path
 
 
-# One BLAS thread per worker: on a 2-core CPU two single-threaded collectors gave 1.5x the tokens per
-# second of one two-threaded one (small matmuls and memory-bound ops do not split across threads).
+# One BLAS thread per worker: on a 2-core CPU two single-threaded processes collected 1.5-1.75x the
+# tokens per second of one two-threaded one, and trained 1.75x the steps (small matmuls and memory-bound
+# ops do not split across threads).
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1"}
 
 
-def _collect_in_workers(source: tuple[str, list[str]], cfg: DistillConfig, folder: Path, todo: list[int], bar) -> None:
-    """Run cfg.collect_workers processes, each collecting every n-th of `todo`; progress from the files."""
-    import os
-    import subprocess
-    import sys
-
-    n = min(cfg.collect_workers, len(todo))
-    env = {**os.environ, **WORKER_ENV}
-    workers, logs = [], []
+def _run_workers(entry: str, jobs: list[dict], folder: Path, poll: Callable[[], None], env: Optional[dict] = None,
+                 per_worker_env: Callable[[int], dict] = lambda w: {}, inherit_output: Optional[int] = None) -> None:
+    """Run `entry(job)` of this module in one process per job, one BLAS thread each, calling poll() every
+    second. The first to fail stops the others and raises with the tail of its log (folder/ENTRY_W.log;
+    worker `inherit_output` writes to this process's console instead, its progress bar included)."""
+    procs, logs = [], []
     try:
-        for w in range(n):
-            job = {"target": source[0], "data": list(source[1]), "cfg": asdict(cfg), "folder": str(folder), "indices": todo[w::n],
-                   "parent": os.getpid()}
-            log = folder / f"worker_{w}.log"
+        for w, job in enumerate(jobs):
+            log = None if w == inherit_output else folder / f"{entry}_{w}.log"
             logs.append(log)
-            with open(log, "w") as out:
-                workers.append(subprocess.Popen([sys.executable, "-c", "from mlx_spec.tools.distill import collect_worker; collect_worker()",
-                                                 json.dumps(job)], env=env, stdout=out, stderr=subprocess.STDOUT))
-        done = 0
+            out = open(log, "w") if log is not None else None
+            try:
+                procs.append(subprocess.Popen([sys.executable, "-c", f"from mlx_spec.tools.distill import {entry}; {entry}()", json.dumps(job)],
+                                              env={**os.environ, **WORKER_ENV, **(env or {}), **per_worker_env(w)},
+                                              stdout=out, stderr=subprocess.STDOUT if out else None))
+            finally:
+                if out is not None:
+                    out.close()
         while True:
-            codes = [w.poll() for w in workers]
-            now = sum(shard_path(folder, i).exists() for i in todo)
-            bar.update(now - done)
-            done = now
+            codes = [p.poll() for p in procs]
+            poll()
             failed = [w for w, code in enumerate(codes) if code not in (None, 0)]
             if failed:
-                tail = logs[failed[0]].read_text(errors="replace").strip().splitlines()[-5:]
-                raise MlxSpecError(f"collection worker {failed[0]} failed (log {logs[failed[0]]}): " + " | ".join(tail))
+                w = failed[0]
+                tail = " | ".join(logs[w].read_text(errors="replace").strip().splitlines()[-5:]) if logs[w] else "see its output above"
+                raise MlxSpecError(f"{entry} {w} of {len(jobs)} failed (exit {codes[w]}): {tail}")
             if all(code == 0 for code in codes):
                 break
             time.sleep(1.0)
     finally:
-        for w in workers:
-            if w.poll() is None:
-                w.terminate()
-                w.wait()
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait()
+    for log in logs:
+        if log is not None:
+            log.unlink(missing_ok=True)
+
+
+def _collect_in_workers(source: tuple[str, list[str]], cfg: DistillConfig, folder: Path, todo: list[int], bar) -> None:
+    """cfg.collect_workers processes, each collecting every n-th of `todo`; progress from the files."""
+    n = min(cfg.collect_workers, len(todo))
+    done = [0]
+
+    def poll():
+        now = sum(shard_path(folder, i).exists() for i in todo)
+        bar.update(now - done[0])
+        done[0] = now
+
+    jobs = [{"target": source[0], "data": list(source[1]), "cfg": asdict(cfg), "folder": str(folder), "indices": todo[w::n],
+             "parent": os.getpid()} for w in range(n)]
+    _run_workers("collect_worker", jobs, folder, poll)
     missing = [i for i in todo if not shard_path(folder, i).exists()]
     if missing:
-        raise MlxSpecError(f"collection workers ended without shards {missing[:5]}: see {folder}/worker_*.log, then run again (it resumes).")
-    for log in logs:
-        log.unlink(missing_ok=True)
+        raise MlxSpecError(f"collection workers ended without shards {missing[:5]}: run again (it resumes).")
 
 
 def collect_worker(argv: Optional[list[str]] = None) -> None:
     """A collection worker process (see `_collect_in_workers`): argv[1] is its job as JSON. It stops
     before its next shard when the run that started it has gone (killed without the chance to stop it)."""
-    import os
-    import sys
-
     from ..core.loading import load_target, load_tokenizer, model_folders
 
     job = json.loads((argv or sys.argv)[1])
@@ -354,16 +370,6 @@ def collect_worker(argv: Optional[list[str]] = None) -> None:
 
 # ----------------------------------------------------------------------------------------------
 # Training
-
-
-def head_tokens(shards: list[Shard], size: int, vocab: int, always: Iterable[int] = ()) -> tuple[list[int], float]:
-    """The `size` most frequent target tokens in the labels (+ `always`), and the share of labels they cover."""
-    counts = np.zeros(vocab, dtype=np.int64)
-    for s in shards:
-        np.add.at(counts, s.labels.reshape(-1), 1)
-    if not size or size >= vocab:
-        return [], 1.0
-    return most_frequent(counts, size, always)
 
 
 def most_frequent(counts: np.ndarray, size: int, always: Iterable[int] = ()) -> tuple[list[int], float]:
@@ -447,14 +453,15 @@ class Batches:
         return embeds, mx.array(self.hidden[rows, :L]).astype(mx.float32), kv, mx.array(step_labels), mx.array(weights), targets
 
 
-def k_step_loss(model: mtp_drafter.Model, embeds, hidden, kv, labels, weights, masks, soft=None, soft_weight: float = 0.0):
+def k_step_loss(model: mtp_drafter.Model, embeds, hidden, kv, labels, weights, masks, soft=None, soft_weight: float = 0.0, scored=None):
     """Mean over scored (position, step) pairs of (1 - soft_weight) x cross-entropy against the target's
     greedy token + soft_weight x cross-entropy against its distribution (top tokens, renormalised over
     the head): the KL divergence from it up to a constant. With w the weights on the picked tokens
     (the greedy one and the soft ones), that is logsumexp(logits) x sum(w) - sum(w x logits[picked]):
     one log-sum-exp and one gather, no log-softmax over the head materialised (the exp over the head's
     tokens is most of a training step on a CPU: 10.3 -> 7.2 s a step with one pass instead of two, 6.3 s
-    without the materialised log-softmax; SmolLM2, batch 6 x 256, k = 4)."""
+    without the materialised log-softmax; SmolLM2, batch 6 x 256, k = 4). `scored`: the number of scored
+    pairs to divide by, when this batch is one process's share of a larger one (default: its own)."""
     total, count = mx.array(0.0), mx.array(0.0)
     h = hidden
     for j in range(embeds.shape[0]):
@@ -470,7 +477,7 @@ def k_step_loss(model: mtp_drafter.Model, embeds, hidden, kv, labels, weights, m
             loss = lse - mx.take_along_axis(logits, picked, axis=-1).squeeze(-1)
         total = total + (loss * weights[j]).sum()
         count = count + weights[j].sum()
-    return total / mx.maximum(count, 1.0)
+    return total / (scored if scored is not None else mx.maximum(count, 1.0))
 
 
 def sampled_acceptance(model: mtp_drafter.Model, data: Batches, rows: np.ndarray) -> float:
@@ -582,62 +589,40 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
     window = target.sliding_window if SLIDING in target.producers else None
     report = Report(target_name, [str(f) for f in data_files], config=asdict(cfg))
     texts = read_texts(data_files)
-    paths = collect(target, tokenizer, texts, cfg, work / "data", progress, (target_name, [str(f) for f in data_files]))
-    shards = [Shard.load(p) for p in paths]
-    report.collect_seconds = sum(s.seconds or 0.0 for s in shards)
-    report.collect_cpu_seconds = sum(s.cpu_seconds or 0.0 for s in shards)
-    report.shards_without_seconds = sum(s.seconds is None for s in shards)
-    n_heldout = max(1, int(round(len(shards) * cfg.heldout)))
-    train_shards, heldout_shards = shards[:-n_heldout], shards[-n_heldout:]
-    report.collected_tokens = sum(s.tokens.size for s in shards)
+    source = (target_name, [str(f) for f in data_files])
+    paths = collect(target, tokenizer, texts, cfg, work / "data", progress, source)
+    n_heldout = max(1, int(round(len(paths) * cfg.heldout)))
+    train_paths, heldout_paths = paths[:-n_heldout], paths[-n_heldout:]
+    counts = np.zeros(target.vocab_size, dtype=np.int64)
+    for path in paths:  # a key at a time: the training data is loaded by the training processes themselves
+        with np.load(path) as z:
+            report.collected_tokens += int(z["tokens"].size)
+            report.collect_seconds += float(z["seconds"]) if "seconds" in z.files else 0.0
+            report.collect_cpu_seconds += float(z["cpu_seconds"]) if "cpu_seconds" in z.files else 0.0
+            report.shards_without_seconds += "seconds" not in z.files
+            if path in train_paths:
+                report.train_sequences += len(z["tokens"])
+                np.add.at(counts, z["labels"].reshape(-1), 1)
+            else:
+                report.heldout_sequences += len(z["tokens"])
     eos = list(getattr(tokenizer, "eos_token_ids", None) or [])
-    head_ids, report.head_coverage = head_tokens(train_shards, cfg.head_size, target.vocab_size, eos)
+    head_ids, report.head_coverage = most_frequent(counts, cfg.head_size, eos) if 0 < cfg.head_size < target.vocab_size else ([], 1.0)
     report.head_size = len(head_ids)
-    model = mtp_drafter.new(target_module, target_name, cfg.layers, cfg.hidden_size, cfg.intermediate_size, head_ids)
-    model.attach(target_module)
-    model.freeze(keys=["head_ids"], strict=False)
-    soft = cfg.soft_weight > 0
-    train = Batches(train_shards, target, head_ids, cfg.draft_tokens, window, eos, soft)
-    del shards, train_shards  # stacked in `train` now: the per-shard copies would double the memory (~4.5 GB at 2.3M SmolLM2 tokens)
-    report.train_sequences, report.heldout_sequences = len(train), sum(len(s.tokens) for s in heldout_shards)
-    echo(f"data: {report.collected_tokens} tokens ({len(train)} training / {report.heldout_sequences} held-out sequences of {cfg.seq_len}); "
+    echo(f"data: {report.collected_tokens} tokens ({report.train_sequences} training / {report.heldout_sequences} held-out sequences of {cfg.seq_len}); "
          f"head: {report.head_size or 'all'} tokens covering {report.head_coverage:.1%} of the target's greedy tokens")
-
-    schedule = optim.join_schedules(
-        [optim.linear_schedule(cfg.lr * 0.01, cfg.lr, cfg.warmup), optim.cosine_decay(cfg.lr, max(1, cfg.steps - cfg.warmup), cfg.lr * 0.05)],
-        [cfg.warmup],
-    )
-    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=0.01)
-    step, elapsed = _resume(model, optimizer, work / "checkpoint")
-    if step:
-        echo(f"resuming at step {step} ({elapsed / 60:.1f} min trained)")
-    loss_and_grad = nn.value_and_grad(model, k_step_loss)
-    rng = np.random.RandomState(cfg.seed + step)
-    bar = _bar(cfg.steps, "training drafter", "step", progress, initial=step)
-    start, losses = time.perf_counter() - elapsed, []
-    saved = time.perf_counter()  # when the last checkpoint was written
-    while step < cfg.steps:
-        if cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget * 60:
-            echo(f"time budget of {cfg.time_budget} min reached at step {step}")
-            break
-        rows = rng.choice(len(train), size=min(cfg.batch, len(train)), replace=False)
-        embeds, hidden, kv, labels, weights, targets = train.get(rows)
-        loss, grads = loss_and_grad(model, embeds, hidden, kv, labels, weights, train.masks, targets, cfg.soft_weight)
-        optimizer.update(model, grads)
-        mx.eval(model.parameters(), optimizer.state, loss)
-        step += 1
-        losses.append(loss.item())
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        now = time.perf_counter()
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or now - saved >= cfg.checkpoint_minutes * 60:
-            _checkpoint(model, optimizer, step, now - start, work / "checkpoint")
-            saved = now
-    bar.close()
-    report.steps = step
-    report.train_seconds = time.perf_counter() - start
-    report.final_loss = float(np.mean(losses[-20:])) if losses else float("nan")
-    _checkpoint(model, optimizer, step, report.train_seconds, work / "checkpoint")
+    model = new_drafter(target_module, target_name, cfg, head_ids)
+    optimizer = make_optimizer(cfg)
+    folder = work / "checkpoint"
+    if cfg.train_workers > 1:
+        step, _, _ = _state(folder)
+        if step < cfg.steps:
+            _train_in_workers(model, optimizer, source, cfg, work, train_paths, head_ids, window, eos)
+        step, elapsed, loss = _state(folder)
+        _resume(model, optimizer, folder)
+    else:
+        step, elapsed, loss = train(model, optimizer, target, train_paths, head_ids, cfg, folder, window, eos, progress, echo)
+    report.steps, report.train_seconds, report.final_loss = step, elapsed, loss
+    heldout_shards = [Shard.load(p) for p in heldout_paths]
     report.heldout = evaluate(model, heldout_shards, target, cfg, window, eos)
     echo(f"held-out {describe(report.heldout)}")
     if baseline is not None:
@@ -645,6 +630,122 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
         echo(f"held-out, {baseline[0]}: {describe(report.baseline_heldout)}")
     write_drafter(model, out, report)
     return report
+
+
+def new_drafter(target_module: nn.Module, target_name: str, cfg: DistillConfig, head_ids: list[int]) -> mtp_drafter.Model:
+    """A fresh drafter for the target, attached to it, its head's token ids frozen."""
+    mx.random.seed(cfg.seed)  # every training process starts from the same weights
+    model = mtp_drafter.new(target_module, target_name, cfg.layers, cfg.hidden_size, cfg.intermediate_size, head_ids)
+    model.attach(target_module)
+    model.freeze(keys=["head_ids"], strict=False)
+    return model
+
+
+def make_optimizer(cfg: DistillConfig) -> optim.Optimizer:
+    schedule = optim.join_schedules(
+        [optim.linear_schedule(cfg.lr * 0.01, cfg.lr, cfg.warmup), optim.cosine_decay(cfg.lr, max(1, cfg.steps - cfg.warmup), cfg.lr * 0.05)],
+        [cfg.warmup],
+    )
+    return optim.AdamW(learning_rate=schedule, weight_decay=0.01)
+
+
+def train(model: mtp_drafter.Model, optimizer: optim.Optimizer, target: Target, paths: list[Path], head_ids: list[int],
+          cfg: DistillConfig, folder: Path, window: Optional[int], eos: list[int], progress: bool = True,
+          echo: Callable[[str], None] = print, group=None, parent: Optional[int] = None) -> tuple[int, float, float]:
+    """The training loop, from the checkpoint in `folder` if there is one; returns (steps, seconds, loss of
+    the last 20 steps). With a distributed `group` of n processes (`_train_in_workers`), process r trains
+    on shards r, r + n, ... and draws its share of each step's cfg.batch sequences from them; the loss is
+    normalised by the scored positions of the whole batch and the gradients summed, so a step is the
+    gradient of the whole batch's mean loss, as one process computes it. Process 0 checkpoints, shows
+    progress and decides (for all) when the time budget is spent or `parent` has gone."""
+    rank, size = (group.rank(), group.size()) if group is not None else (0, 1)
+    shards = [Shard.load(p) for p in paths[rank::size]]
+    data = Batches(shards, target, head_ids, cfg.draft_tokens, window, eos, cfg.soft_weight > 0)
+    del shards  # stacked in `data`: the per-shard copies would double the memory (~4.5 GB at 2.3M SmolLM2 tokens)
+    rows_per_step = cfg.batch // size + (rank < cfg.batch % size)
+    step, elapsed = _resume(model, optimizer, folder)
+    if step and rank == 0:
+        echo(f"resuming at step {step} ({elapsed / 60:.1f} min trained)")
+    loss_and_grad = nn.value_and_grad(model, k_step_loss)
+    rng = np.random.RandomState(cfg.seed + step + 104729 * rank)
+    bar = _bar(cfg.steps, "training drafter", "step", progress and rank == 0, initial=step)
+    start, losses = time.perf_counter() - elapsed, []
+    saved = time.perf_counter()  # when the last checkpoint was written
+    while step < cfg.steps:
+        stop = rank == 0 and ((cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget * 60)
+                              or (parent is not None and os.getppid() != parent))
+        if group is not None:
+            stop = mx.distributed.all_sum(mx.array(float(stop)), group=group).item() > 0
+        if stop:
+            if cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget * 60 and rank == 0:
+                echo(f"time budget of {cfg.time_budget} min reached at step {step}")
+            break
+        rows = rng.choice(len(data), size=min(rows_per_step, len(data)), replace=False)
+        embeds, hidden, kv, labels, weights, targets = data.get(rows)
+        scored = None if group is None else mx.maximum(mx.distributed.all_sum(weights.sum(), group=group), 1.0)
+        loss, grads = loss_and_grad(model, embeds, hidden, kv, labels, weights, data.masks, targets, cfg.soft_weight, scored)
+        if group is not None:
+            loss = mx.distributed.all_sum(loss, group=group)
+            grads = tree_map(lambda g: mx.distributed.all_sum(g, group=group), grads)
+        optimizer.update(model, grads)
+        mx.eval(model.parameters(), optimizer.state, loss)
+        step += 1
+        losses.append(loss.item())
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        now = time.perf_counter()
+        if rank == 0 and (step % cfg.checkpoint_every == 0 or step == cfg.steps or now - saved >= cfg.checkpoint_minutes * 60):
+            _checkpoint(model, optimizer, step, now - start, folder, np.mean(losses[-20:]))
+            saved = now
+    bar.close()
+    elapsed, loss = time.perf_counter() - start, float(np.mean(losses[-20:])) if losses else _state(folder)[2]
+    if rank == 0:
+        _checkpoint(model, optimizer, step, elapsed, folder, loss)
+    return step, elapsed, loss
+
+
+def _train_in_workers(model, optimizer, source: tuple[str, list[str]], cfg: DistillConfig, work: Path, paths: list[Path],
+                      head_ids: list[int], window: Optional[int], eos: list[int]) -> None:
+    """cfg.train_workers processes of one BLAS thread each train data-parallel (`train`), joined by MLX's
+    ring backend over local sockets. They start from the same checkpoint: the run's, or this fresh model's."""
+    folder = work / "checkpoint"
+    if not (folder / "state.json").exists():
+        optimizer.init(model.trainable_parameters())
+        _checkpoint(model, optimizer, 0, 0.0, folder)
+    n = cfg.train_workers
+    hosts = work / "train_hosts.json"
+    hosts.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in _free_ports(n)]))
+    job = {"target": source[0], "cfg": asdict(cfg), "folder": str(folder), "paths": [str(p) for p in paths], "head_ids": head_ids,
+           "window": window, "eos": eos, "parent": os.getpid()}
+    _run_workers("train_worker", [job] * n, work, lambda: None, {"MLX_HOSTFILE": str(hosts)}, per_worker_env=lambda w: {"MLX_RANK": str(w)},
+                 inherit_output=0)
+    hosts.unlink(missing_ok=True)
+
+
+def train_worker(argv: Optional[list[str]] = None) -> None:
+    """A data-parallel training process (see `_train_in_workers`): argv[1] is its job as JSON."""
+    from ..core.loading import load_target, model_folders
+
+    job = json.loads((argv or sys.argv)[1])
+    group = mx.distributed.init(backend="ring", strict=True)
+    loaded = load_target(model_folders(job["target"])[0])
+    cfg = DistillConfig(**job["cfg"])
+    model = new_drafter(loaded.module, job["target"], cfg, job["head_ids"])
+    train(model, make_optimizer(cfg), Target(loaded.module, {}, track_experts=False), [Path(p) for p in job["paths"]], job["head_ids"],
+          cfg, Path(job["folder"]), job["window"], job["eos"], group=group, parent=job["parent"])
+
+
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def write_drafter(model: mtp_drafter.Model, out: Path, report: Report) -> None:
@@ -659,23 +760,32 @@ def write_drafter(model: mtp_drafter.Model, out: Path, report: Report) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _checkpoint(model, optimizer, step: int, elapsed: float, folder: Path) -> None:
+def _checkpoint(model, optimizer, step: int, elapsed: float, folder: Path, loss: float = float("nan")) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     mx.save_safetensors(str(folder / "weights.tmp.safetensors"), dict(tree_flatten(model.trainable_parameters())))
     mx.save_safetensors(str(folder / "optimizer.tmp.safetensors"), dict(tree_flatten(optimizer.state)))
     (folder / "weights.tmp.safetensors").replace(folder / "weights.safetensors")
     (folder / "optimizer.tmp.safetensors").replace(folder / "optimizer.safetensors")
-    (folder / "state.json").write_text(json.dumps({"step": step, "elapsed": elapsed}))
+    (folder / "state.tmp.json").write_text(json.dumps({"step": step, "elapsed": elapsed, "loss": float(loss)}))
+    (folder / "state.tmp.json").replace(folder / "state.json")
+
+
+def _state(folder: Path) -> tuple[int, float, float]:
+    """(step, seconds trained, recent loss) of the checkpoint in `folder` ((0, 0, nan) without one)."""
+    if not (folder / "state.json").exists():
+        return 0, 0.0, float("nan")
+    state = json.loads((folder / "state.json").read_text())
+    return int(state["step"]), float(state["elapsed"]), float(state.get("loss", "nan"))
 
 
 def _resume(model, optimizer, folder: Path) -> tuple[int, float]:
     if not (folder / "state.json").exists():
         return 0, 0.0
-    state = json.loads((folder / "state.json").read_text())
+    step, elapsed, _ = _state(folder)
     model.load_weights(list(mx.load(str(folder / "weights.safetensors")).items()), strict=False)
     optimizer.init(model.trainable_parameters())
     optimizer.state = tree_unflatten(list(mx.load(str(folder / "optimizer.safetensors")).items()))
-    return int(state["step"]), float(state["elapsed"])
+    return step, elapsed
 
 
 def _bar(total: int, desc: str, unit: str, enabled: bool, initial: int = 0):
