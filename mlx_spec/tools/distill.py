@@ -613,10 +613,11 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
     model = new_drafter(target_module, target_name, cfg, head_ids)
     optimizer = make_optimizer(cfg)
     folder = work / "checkpoint"
-    if cfg.train_workers > 1:
+    workers = min(cfg.train_workers, len(train_paths))  # each trains on shards of its own
+    if workers > 1:
         step, _, _ = _state(folder)
         if step < cfg.steps:
-            _train_in_workers(model, optimizer, source, cfg, work, train_paths, head_ids, window, eos)
+            _train_in_workers(model, optimizer, source, cfg, work, train_paths, head_ids, window, eos, workers, progress)
         step, elapsed, loss = _state(folder)
         _resume(model, optimizer, folder)
     else:
@@ -705,18 +706,17 @@ def train(model: mtp_drafter.Model, optimizer: optim.Optimizer, target: Target, 
 
 
 def _train_in_workers(model, optimizer, source: tuple[str, list[str]], cfg: DistillConfig, work: Path, paths: list[Path],
-                      head_ids: list[int], window: Optional[int], eos: list[int]) -> None:
-    """cfg.train_workers processes of one BLAS thread each train data-parallel (`train`), joined by MLX's
-    ring backend over local sockets. They start from the same checkpoint: the run's, or this fresh model's."""
+                      head_ids: list[int], window: Optional[int], eos: list[int], n: int, progress: bool) -> None:
+    """n processes of one BLAS thread each train data-parallel (`train`), joined by MLX's ring backend
+    over local sockets. They start from the same checkpoint: the run's, or this fresh model's."""
     folder = work / "checkpoint"
     if not (folder / "state.json").exists():
         optimizer.init(model.trainable_parameters())
         _checkpoint(model, optimizer, 0, 0.0, folder)
-    n = cfg.train_workers
     hosts = work / "train_hosts.json"
     hosts.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in _free_ports(n)]))
     job = {"target": source[0], "cfg": asdict(cfg), "folder": str(folder), "paths": [str(p) for p in paths], "head_ids": head_ids,
-           "window": window, "eos": eos, "parent": os.getpid()}
+           "window": window, "eos": eos, "parent": os.getpid(), "progress": progress}
     _run_workers("train_worker", [job] * n, work, lambda: None, {"MLX_HOSTFILE": str(hosts)}, per_worker_env=lambda w: {"MLX_RANK": str(w)},
                  inherit_output=0)
     hosts.unlink(missing_ok=True)
@@ -732,7 +732,7 @@ def train_worker(argv: Optional[list[str]] = None) -> None:
     cfg = DistillConfig(**job["cfg"])
     model = new_drafter(loaded.module, job["target"], cfg, job["head_ids"])
     train(model, make_optimizer(cfg), Target(loaded.module, {}, track_experts=False), [Path(p) for p in job["paths"]], job["head_ids"],
-          cfg, Path(job["folder"]), job["window"], job["eos"], group=group, parent=job["parent"])
+          cfg, Path(job["folder"]), job["window"], job["eos"], job["progress"], group=group, parent=job["parent"])
 
 
 def _free_ports(n: int) -> list[int]:
