@@ -133,3 +133,15 @@ def test_convert_drafter_restricts_the_head_and_stays_lossless(tiny, tmp_path):
     e2b = runner.invoke(app, ["convert-drafter", str(tiny / "e2b" / "drafter"), "--out", str(tmp_path / "y"), "--head-size", "64",
                               "--target", str(tiny / "e2b" / "target")])
     assert e2b.exit_code != 0 and "centroid" in str(e2b.exception)
+
+
+def test_distill_settings_are_checked_before_any_work(tiny, tmp_path, capsys):
+    """Bad distill settings are one line naming the options (exit 2), before a model loads or a file is written."""
+    base = ["distill", "--target", str(tiny / "dense" / "target"), "--data", str(tmp_path), "--out", str(tmp_path / "out")]
+    for extra, words in ((["--train-workers", "3", "--batch", "2"], "--train-workers <= --batch"),
+                         (["--collect-workers", "0"], "--collect-workers >= 1"),
+                         (["--soft-weight", "2"], "--soft-weight")):
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: distill needs") and words in err and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()
