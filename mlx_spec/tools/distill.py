@@ -294,10 +294,10 @@ def collect_one(target: Target, tokenizer, texts: list[str], cfg: DistillConfig,
 WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "VECLIB_MAXIMUM_THREADS": "1"}
 
 
-def _run_workers(entry: str, jobs: list[dict], folder: Path, poll: Callable[[], None], env: Optional[dict] = None,
-                 per_worker_env: Callable[[int], dict] = lambda w: {}, inherit_output: Optional[int] = None) -> None:
-    """Run `entry(job)` of this module in one process per job, one BLAS thread each, calling poll() every
-    second. The first to fail stops the others and raises with the tail of its log (folder/ENTRY_W.log;
+def _run_workers(entry: str, jobs: list[dict], folder: Path, poll: Callable[[], None], env_of: Callable[[int], dict] = lambda w: {},
+                 inherit_output: Optional[int] = None) -> None:
+    """Run `entry(job)` of this module in one process per job, one BLAS thread each (worker w's environment
+    also gets env_of(w)), calling poll() every second. The first to fail stops the others and raises with the tail of its log (folder/ENTRY_W.log;
     worker `inherit_output` writes to this process's console instead, its progress bar included)."""
     procs, logs = [], []
     try:
@@ -307,7 +307,7 @@ def _run_workers(entry: str, jobs: list[dict], folder: Path, poll: Callable[[], 
             out = open(log, "w") if log is not None else None
             try:
                 procs.append(subprocess.Popen([sys.executable, "-c", f"from mlx_spec.tools.distill import {entry}; {entry}()", json.dumps(job)],
-                                              env={**os.environ, **WORKER_ENV, **(env or {}), **per_worker_env(w)},
+                                              env={**os.environ, **WORKER_ENV, **env_of(w)},
                                               stdout=out, stderr=subprocess.STDOUT if out else None))
             finally:
                 if out is not None:
@@ -594,13 +594,13 @@ def distill(target_module: nn.Module, target_name: str, tokenizer, data_files: l
     n_heldout = max(1, int(round(len(paths) * cfg.heldout)))
     train_paths, heldout_paths = paths[:-n_heldout], paths[-n_heldout:]
     counts = np.zeros(target.vocab_size, dtype=np.int64)
-    for path in paths:  # a key at a time: the training data is loaded by the training processes themselves
+    for i, path in enumerate(paths):  # a key at a time: the training data is loaded by the training processes themselves
         with np.load(path) as z:
             report.collected_tokens += int(z["tokens"].size)
             report.collect_seconds += float(z["seconds"]) if "seconds" in z.files else 0.0
             report.collect_cpu_seconds += float(z["cpu_seconds"]) if "cpu_seconds" in z.files else 0.0
             report.shards_without_seconds += "seconds" not in z.files
-            if path in train_paths:
+            if i < len(train_paths):
                 report.train_sequences += len(z["tokens"])
                 np.add.at(counts, z["labels"].reshape(-1), 1)
             else:
@@ -673,12 +673,12 @@ def train(model: mtp_drafter.Model, optimizer: optim.Optimizer, target: Target, 
     start, losses = time.perf_counter() - elapsed, []
     saved = time.perf_counter()  # when the last checkpoint was written
     while step < cfg.steps:
-        stop = rank == 0 and ((cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget * 60)
-                              or (parent is not None and os.getppid() != parent))
+        spent = rank == 0 and cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget * 60
+        stop = spent or (rank == 0 and parent is not None and os.getppid() != parent)
         if group is not None:
             stop = mx.distributed.all_sum(mx.array(float(stop)), group=group).item() > 0
         if stop:
-            if cfg.time_budget is not None and time.perf_counter() - start >= cfg.time_budget * 60 and rank == 0:
+            if spent:
                 echo(f"time budget of {cfg.time_budget} min reached at step {step}")
             break
         rows = rng.choice(len(data), size=min(rows_per_step, len(data)), replace=False)
@@ -717,8 +717,7 @@ def _train_in_workers(model, optimizer, source: tuple[str, list[str]], cfg: Dist
     hosts.write_text(json.dumps([[f"127.0.0.1:{port}"] for port in _free_ports(n)]))
     job = {"target": source[0], "cfg": asdict(cfg), "folder": str(folder), "paths": [str(p) for p in paths], "head_ids": head_ids,
            "window": window, "eos": eos, "parent": os.getpid(), "progress": progress}
-    _run_workers("train_worker", [job] * n, work, lambda: None, {"MLX_HOSTFILE": str(hosts)}, per_worker_env=lambda w: {"MLX_RANK": str(w)},
-                 inherit_output=0)
+    _run_workers("train_worker", [job] * n, work, lambda: None, lambda w: {"MLX_HOSTFILE": str(hosts), "MLX_RANK": str(w)}, inherit_output=0)
     hosts.unlink(missing_ok=True)
 
 
