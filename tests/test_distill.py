@@ -19,8 +19,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_spec import generate, load
-from mlx_spec.tools.distill import (Batches, DistillConfig, Shard, collect, distill, free_running_acceptance, k_step_loss, read_texts,
-                                    top_tokens_of)
+from mlx_spec.tools import distill as distill_module
+from mlx_spec.tools.distill import (Batches, DistillConfig, Shard, collect, collect_shard, distill, free_running_acceptance, k_step_loss,
+                                    read_texts, top_tokens_of)
 from mlx_spec.core.errors import MlxSpecError, PairMismatchError
 from mlx_spec.core.loading import load_target, load_tokenizer
 from mlx_spec.core.model_config import FULL, SLIDING
@@ -409,6 +410,24 @@ def test_soft_targets_and_reply_end_mask(targets):
         [mx.ones(soft[1].shape[:-1] + (1,)), mx.zeros(soft[1].shape[:-1] + (K - 1,))], axis=-1))
     assert float(k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks, one_hot, 1.0)) == pytest.approx(float(hard), rel=1e-5)
     assert float(k_step_loss(model, embeds, hidden, kvs, labels, weights, data.masks, soft, 1.0)) != pytest.approx(float(hard), rel=1e-3)
+
+
+def test_prefill_in_chunks_collects_the_same_shard(targets, monkeypatch):
+    """A batch whose prompt logits exceed MAX_PREFILL_LOGITS is prefilled a few positions at a time
+    (across the sliding window too) and records the same continuation, labels, top tokens, hidden and KV."""
+    target = Target(load_target(targets["gemma3"]).module, {}, track_experts=False)  # sliding window 8
+    prompts = np.random.RandomState(0).randint(5, 500, size=(3, 20)).astype(np.int32)
+    whole = collect_shard(target, prompts, 32, soft_top=4)
+    monkeypatch.setattr(distill_module, "MAX_PREFILL_LOGITS", 3 * 3 * target.vocab_size)  # 3 positions a chunk
+    chunked = collect_shard(target, prompts, 32, soft_top=4)
+    np.testing.assert_array_equal(chunked.tokens, whole.tokens)
+    np.testing.assert_array_equal(chunked.labels, whole.labels)
+    np.testing.assert_array_equal(chunked.top_ids, whole.top_ids)
+    np.testing.assert_allclose(chunked.hidden.astype(np.float32), whole.hidden.astype(np.float32), atol=2e-3)
+    for layer_type in whole.kv:
+        for a, b in zip(chunked.kv[layer_type], whole.kv[layer_type]):
+            np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-3)
+    assert chunked.hidden.shape == whole.hidden.shape == (3, 31, target.hidden_size)
 
 
 @pytest.mark.parametrize("vocab", [1000, 1024, 40])

@@ -202,6 +202,12 @@ def top_tokens_of(logits: mx.array, k: int, block: int = 64) -> tuple[mx.array, 
     return ids.astype(mx.int32), (mx.take_along_axis(candidates, pick, axis=-1) - lse).astype(mx.float16)
 
 
+# Prompt logits per prefill chunk at most. A whole batch's prompt logits can be more than one array
+# should hold: 512 prompts x 64 positions x Gemma 3's 262,144 tokens are 8.6e9 elements (34 GB in
+# float32), and MLX's CUDA backend died of a floating point exception there (H100; 96 prompts ran).
+MAX_PREFILL_LOGITS = 1 << 28
+
+
 def collect_shard(target: Target, prompts: np.ndarray, seq_len: int, soft_top: int = 0) -> Shard:
     """Greedy-continue a batch of equal-length prompts to seq_len tokens, recording hidden, labels, KV
     (and the target's `soft_top` likeliest tokens after every position, when > 0)."""
@@ -209,10 +215,17 @@ def collect_shard(target: Target, prompts: np.ndarray, seq_len: int, soft_top: i
     # Every key is kept (the drafter trains on the whole sequence); mlx-lm's KVCache windows the
     # sliding layers' masks itself, so the target computes exactly what it does when decoding.
     cache = [KVCache() for _ in range(target.num_cached_layers)]
-    logits, hidden = target.forward(mx.array(prompts), cache)
-    hiddens, labels, tops = [hidden], [mx.argmax(logits, axis=-1)], [top_tokens_of(logits, soft_top)] if soft_top else []
+    hiddens, labels, tops = [], [], []
+    step = max(1, MAX_PREFILL_LOGITS // (B * target.vocab_size))  # prompt positions per prefill chunk
+    for start in range(0, P, step):
+        logits, hidden = target.forward(mx.array(prompts[:, start : start + step]), cache)
+        hiddens.append(hidden)
+        labels.append(mx.argmax(logits, axis=-1))
+        if soft_top:
+            tops.append(top_tokens_of(logits, soft_top))
+        mx.async_eval(labels[-1], hidden, *(tops[-1] if soft_top else ()))
     tokens = [mx.array(prompts)]
-    nxt = labels[0][:, -1:]
+    nxt = labels[-1][:, -1:]
     for _ in range(seq_len - P):
         tokens.append(nxt)
         if sum(t.shape[1] for t in tokens) == seq_len:
