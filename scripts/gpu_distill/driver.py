@@ -45,6 +45,10 @@ if not ok:
 else:
     say("top_tokens_of ok")
 
+# Three of distill's functions wrapped, its data path unchanged: a log line per shard and checkpoint
+# (the call's output keeps its tail only: no progress bars), training bounded by the call's deadline
+# once the data is in, and the head's token ids kept beside the checkpoint (a drafter can be rebuilt
+# from the two if the call is cut off after training).
 collect_one, checkpoint, most_frequent = D.collect_one, D._checkpoint, D.most_frequent
 
 
