@@ -574,7 +574,9 @@ def distill(
     layers: Optional[int] = typer.Option(None, "--layers", help="Drafter layers (default: one per attention type the target has)."),
     batch: int = typer.Option(8, "--batch", help="Sequences per training step."),
     seq_len: int = typer.Option(256, "--seq-len", help="Tokens per collected sequence (prompt + continuation)."),
-    prompt_len: int = typer.Option(64, "--prompt-len", help="Prompt tokens per sequence, cut from the data."),
+    prompt_len: int = typer.Option(64, "--prompt-len", help="Prompt tokens per sequence, cut from the data (with --requests: the most a request keeps)."),
+    requests: Optional[str] = typer.Option(None, "--requests", help="A file of requests like the ones the drafter will serve (a .jsonl with a \"prompt\" per line, or text blocks between blank lines): --request-share of the sequences start from one, chat-wrapped."),
+    request_share: float = typer.Option(0.5, "--request-share", help="With --requests: the share of the collected sequences that start from a request."),
     collect_batch: int = typer.Option(32, "--collect-batch", help="Sequences the target continues at once."),
     collect_workers: int = typer.Option(1, "--collect-workers", help="Processes collecting at once, one BLAS thread each: on a CPU machine, its core count (2 on 2 cores: 1.5-1.75x the tokens/s of 1); on a GPU leave 1."),
     train_workers: int = typer.Option(1, "--train-workers", help="Data-parallel training processes, one BLAS thread each (MLX's ring backend on this machine): on a CPU machine, its core count (2 on 2 cores: 1.75x the steps/s of 1); on a GPU leave 1."),
@@ -596,12 +598,19 @@ def distill(
         raise MlxSpecError("distill needs --collect-workers >= 1 and 1 <= --train-workers <= --batch (each trains on a share of a step's sequences).")
     if not 0 <= soft_weight <= 1 or soft_top < 1:
         raise MlxSpecError("distill needs 0 <= --soft-weight <= 1 and --soft-top >= 1.")
+    if not 0 <= request_share <= 1:
+        raise MlxSpecError("distill needs 0 <= --request-share <= 1.")
     target_path, _ = model_folders(target)
     loaded = load_target(target_path)
     tokenizer = load_tokenizer(loaded.path, loaded.config)
     cfg = DistillConfig(seq_len=seq_len, prompt_len=prompt_len, collect_batch=collect_batch, collect_workers=collect_workers, train_workers=train_workers, tokens=tokens,
                         draft_tokens=draft_tokens, head_size=head_size, soft_weight=soft_weight, soft_top=soft_top, layers=layers, batch=batch, steps=steps,
-                        lr=lr, time_budget=time_budget, seed=seed)
+                        lr=lr, time_budget=time_budget, seed=seed, request_share=request_share,
+                        requests=str(Path(requests).expanduser().resolve()) if requests else None)
+    if requests:
+        from .tools.distill import read_requests
+
+        read_requests(requests)  # a clear error now, not in a collection worker
     earlier = None
     if baseline is not None:
         earlier = (baseline, _distilled_drafter(baseline, loaded))

@@ -453,3 +453,50 @@ def test_read_texts_skips_binary_and_reports_missing(corpus, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(MlxSpecError, match="no text"):
         read_texts([tmp_path / "empty"])
+
+
+def test_request_shards_hold_chat_wrapped_requests_at_their_own_length(targets, corpus, tmp_path):
+    """With --requests, request_share of the shards start from a request in the chat template, every
+    row of a shard at that shard's length (<= prompt_len, a long request cut at its end, the frame
+    whole); training data mixing both kinds scores each row from its own first generated token."""
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = "{% for m in messages %}<start_of_turn>user\n{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n"
+    asks = ["How do I verify drafts?", "Rewrite this more simply:\n\n" + CORPUS[:400], "Summarize: " + CORPUS[:150], "Why is the output the same?"]
+    path = tmp_path / "requests.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": a}) for a in asks) + "\n\n")
+    target, texts = Target(loaded.module, {}, track_experts=False), read_texts([corpus])
+    cfg = DistillConfig(**{**SMOKE, "tokens": 4 * 4 * 64, "requests": str(path), "request_share": 0.5})
+    assert [distill_module.is_request_shard(cfg, i) for i in range(6)] == [False, True, False, True, False, True]
+    shards = [Shard.load(p) for p in collect(target, tokenizer, texts, cfg, tmp_path / "data", progress=False)]
+    assert [s.generated_from == SMOKE["prompt_len"] for s in shards] == [True, False, True, False]
+    head, tail = distill_module.chat_frame(tokenizer, "")
+    for s in (shards[1], shards[3]):
+        P = s.generated_from
+        assert s.tokens.shape == (4, 64) and len(head) + len(tail) < P < SMOKE["prompt_len"]
+        for row in s.tokens[:, :P].tolist():
+            assert row[: len(head)] == head and row[P - len(tail) : P] == tail
+            body = tokenizer.decode(row[len(head) : P - len(tail)])
+            assert any(a.startswith(body.strip()[:12]) for a in asks), body
+    data = Batches(shards, target, [], 3, None, eos=[])
+    assert data.generated_from.tolist() == sum(([s.generated_from] * 4 for s in shards), [])
+    drafter = mtp_drafter.new(loaded.module, "llama").attach(loaded.module)
+    scored = free_running_acceptance(drafter, data, np.arange(len(data)), 3)
+    expected = sum(64 - 1 - (s.generated_from - 1) for s in shards for _ in range(4))  # first positions, from each row's own start
+    assert scored["drafted_per_position"][0] == expected
+
+
+def test_read_requests_formats_and_errors(tmp_path):
+    (tmp_path / "r.txt").write_text("First request\nstill first.\n\nSecond one.\n\n\n")
+    assert distill_module.read_requests(tmp_path / "r.txt") == ["First request\nstill first.", "Second one."]
+    (tmp_path / "r.jsonl").write_text('{"prompt": "a"}\n{"text": "b"}\n')
+    assert distill_module.read_requests(tmp_path / "r.jsonl") == ["a", "b"]
+    (tmp_path / "bad.jsonl").write_text('{"prompt": "a"}\nnot json\n')
+    with pytest.raises(MlxSpecError, match="bad.jsonl:2 is not JSON"):
+        distill_module.read_requests(tmp_path / "bad.jsonl")
+    with pytest.raises(MlxSpecError, match="is not a file"):
+        distill_module.read_requests(tmp_path / "missing.jsonl")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    with pytest.raises(MlxSpecError, match="no requests"):
+        distill_module.read_requests(tmp_path / "empty.txt")

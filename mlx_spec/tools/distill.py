@@ -1,7 +1,9 @@
 """`mlx-spec distill`: train an MTP drafter (models/mtp_drafter.py) for any mlx-lm target.
 
 1. Data (`collect`): prompts cut from the user's text files (chat-wrapped when the tokenizer has a
-   chat template, every other batch), continued by the target's own greedy decoding in batches. One
+   chat template, every other batch) and, with `requests`, requests like the ones the drafter will
+   serve (a chat app's questions, code and rewrite tasks; `request_share` of the batches), continued
+   by the target's own greedy decoding in batches. One
    pass records what the drafter will read at inference: the target's final hidden state at every
    position, the KV of the layers the drafter attends to, and the target's greedy token after every
    position. Continuations are the target's own output, so along them the multi-token labels are
@@ -29,6 +31,7 @@ and still writes the drafter.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import math
@@ -80,6 +83,8 @@ class DistillConfig:
     checkpoint_minutes: float = 5.0  # and at least this often (a step takes seconds on a CPU)
     collect_workers: int = 1  # processes collecting at once (a CPU machine: one BLAS thread each)
     train_workers: int = 1  # data-parallel training processes (the same)
+    requests: Optional[str] = None  # a file of user requests (JSONL "prompt" fields, or text blocks between blank lines)
+    request_share: float = 0.5  # of the batches, with `requests`: prompts are requests, chat-wrapped, at their own length
     seed: int = 0
 
 
@@ -114,11 +119,13 @@ def read_texts(paths: Iterable[str | Path]) -> list[str]:
 
 
 def chat_frame(tokenizer, instruction: str) -> Optional[tuple[list[int], list[int]]]:
-    """Token ids before and after the user's text in a one-turn chat prompt (None: no chat template)."""
+    """Token ids before and after the user's text in a one-turn chat prompt (None: no chat template);
+    the instruction ("": none) and a blank line come before the text."""
     if not getattr(tokenizer, "chat_template", None):
         return None
     marker = "\u2063MLXSPEC\u2063"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": f"{instruction}\n\n{marker}"}], add_generation_prompt=True, tokenize=False)
+    content = f"{instruction}\n\n{marker}" if instruction else marker
+    text = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False)
     before, _, after = text.partition(marker)
     return tokenizer.encode(before, add_special_tokens=False), tokenizer.encode(after, add_special_tokens=False)
 
@@ -142,6 +149,51 @@ def make_prompts(texts: list[str], tokenizer, n: int, length: int, rng: np.rando
         ids = (ids + [ids[-1]] * body)[:body] if ids else [0] * body
         prompts[i] = head + ids[:body] + tail
     return prompts
+
+
+def read_requests(path: str | Path) -> list[str]:
+    """User requests from a .jsonl file (each line's "prompt", or "text") or a text file (blocks between blank lines)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise MlxSpecError(f"--requests {path} is not a file: pass a .jsonl file with a \"prompt\" per line, or a text file of requests between blank lines.")
+    raw = path.read_text(encoding="utf-8", errors="ignore")
+    if path.suffix == ".jsonl":
+        out = []
+        for number, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    raise MlxSpecError(f"{path}:{number} is not JSON: each line of a .jsonl requests file is one JSON object.") from None
+                text = item.get("prompt", item.get("text")) if isinstance(item, dict) else None
+                if isinstance(text, str) and text.strip():
+                    out.append(text.strip())
+    else:
+        out = [block.strip() for block in raw.split("\n\n") if block.strip()]
+    if not out:
+        raise MlxSpecError(f"no requests in {path}: give a .jsonl file with a \"prompt\" per line, or requests between blank lines.")
+    return out
+
+
+def make_request_prompts(requests: list[str], tokenizer, n: int, max_length: int, rng: np.random.RandomState) -> np.ndarray:
+    """n chat-wrapped requests of one length, as a batch needs: that of a random request (at most
+    `max_length` tokens); the batch's rows are requests about that long, each cut to it at the end of
+    its text (a pasted passage loses its tail, the chat template's frame stays whole)."""
+    frame = chat_frame(tokenizer, "")
+    if frame is None:
+        raise MlxSpecError("--requests needs a target with a chat template (requests are sent as user turns).")
+    head, tail = frame
+    pick = rng.choice(len(requests), size=min(len(requests), 4 * n + 1), replace=False)
+    bodies = [tokenizer.encode(requests[i], add_special_tokens=False) for i in pick]
+    room = max_length - len(head) - len(tail)
+    if room < 8:
+        raise MlxSpecError(f"prompt length {max_length} is too short for the chat template ({len(head) + len(tail)} tokens).")
+    body = max(4, min(len(bodies[0]), room))  # the batch's body length: the first (random) request's
+    fits = sorted((b for b in bodies[1:] if len(b) >= body), key=len)[:n]  # the closest in length: least cut
+    rows = [bodies[0]] + fits
+    while len(rows) < n:  # too few as long: repeat (identical prompts continue identically; rare)
+        rows.append(rows[rng.randint(len(rows))])
+    return np.array([head + b[:body] + tail for b in rows[:n]], dtype=np.int32)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -263,7 +315,7 @@ def collect(target: Target, tokenizer, texts: list[str], cfg: DistillConfig, fol
         with np.load(path) as z:
             rows, length = z["tokens"].shape
             prompt = int(z["generated_from"])
-        if (length, prompt) != (cfg.seq_len, cfg.prompt_len):
+        if length != cfg.seq_len or (prompt != cfg.prompt_len and not (cfg.requests and prompt < cfg.prompt_len)):
             raise MlxSpecError(f"{folder} holds sequences collected with --seq-len {length} --prompt-len {prompt}: pass "
                                f"those to resume, or another --out (or delete {folder}) to collect anew.")
         shards.append(path)
@@ -284,6 +336,16 @@ def collect(target: Target, tokenizer, texts: list[str], cfg: DistillConfig, fol
     return sorted(shards + [shard_path(folder, i) for i in todo])
 
 
+def is_request_shard(cfg: DistillConfig, index: int) -> bool:
+    """Whether shard `index` holds requests (cfg.requests): request_share of the shards, spread evenly."""
+    return bool(cfg.requests) and math.floor((index + 1) * cfg.request_share) > math.floor(index * cfg.request_share)
+
+
+@functools.lru_cache(maxsize=2)
+def _requests(path: str) -> list[str]:
+    return read_requests(path)
+
+
 def shard_path(folder: Path, index: int) -> Path:
     return folder / f"shard_{index:05d}.npz"
 
@@ -292,8 +354,11 @@ def collect_one(target: Target, tokenizer, texts: list[str], cfg: DistillConfig,
     """Collect and write shard `index` (its prompts drawn with a seed of its own)."""
     rng = np.random.RandomState(cfg.seed * 100003 + index)
     t0, c0 = time.perf_counter(), time.process_time()
-    chat = getattr(tokenizer, "chat_template", None) is not None and index % 2 == 1
-    prompts = make_prompts(texts, tokenizer, cfg.collect_batch, cfg.prompt_len, rng, chat)
+    if is_request_shard(cfg, index):
+        prompts = make_request_prompts(_requests(cfg.requests), tokenizer, cfg.collect_batch, cfg.prompt_len, rng)
+    else:
+        chat = getattr(tokenizer, "chat_template", None) is not None and index % 2 == 1
+        prompts = make_prompts(texts, tokenizer, cfg.collect_batch, cfg.prompt_len, rng, chat)
     shard = collect_shard(target, prompts, cfg.seq_len, cfg.soft_top if cfg.soft_weight > 0 else 0)
     shard.seconds, shard.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     path = shard_path(folder, index)
@@ -408,7 +473,7 @@ class Batches:
         self.top_ids = np.concatenate([s.top_ids for s in shards]) if soft else None
         self.top_logp = np.concatenate([s.top_logp for s in shards]) if soft else None
         self.kv = {t: tuple(np.concatenate([s.kv[t][i] for s in shards]) for i in (0, 1)) for t in shards[0].kv}
-        self.generated_from = shards[0].generated_from
+        self.generated_from = np.concatenate([np.full(len(s.tokens), s.generated_from) for s in shards])  # per row: requests vary
         self.k, self.target = k, target
         vocab = target.vocab_size
         self.lookup = np.full(vocab, -1, dtype=np.int32)
@@ -420,9 +485,9 @@ class Batches:
         # labels[q] (the token after position q) count while q + 1 <= the reply's first end token
         self.label_end = np.full(len(self.tokens), S, dtype=np.int64)
         for i, row in enumerate(self.tokens):
-            hits = np.flatnonzero(np.isin(row[self.generated_from :], list(eos)))
+            hits = np.flatnonzero(np.isin(row[self.generated_from[i] :], list(eos)))
             if hits.size:
-                self.label_end[i] = self.generated_from + hits[0]
+                self.label_end[i] = self.generated_from[i] + hits[0]
         p = np.arange(1, S)[:, None]
         key = np.arange(S)[None]
         self.masks = {FULL: mx.array(key < p)}
@@ -493,6 +558,12 @@ def k_step_loss(model: mtp_drafter.Model, embeds, hidden, kv, labels, weights, m
     return total / (scored if scored is not None else mx.maximum(count, 1.0))
 
 
+def rows_from(data, rows: np.ndarray) -> np.ndarray:
+    """The first generated position of each of `rows` (data.generated_from: per row, or one for all)."""
+    start = np.asarray(data.generated_from)
+    return start[rows] if start.ndim else np.full(len(rows), int(start))
+
+
 def sampled_acceptance(model: mtp_drafter.Model, data: Batches, rows: np.ndarray) -> float:
     """First draft position's expected acceptance under rejection sampling at temperature 1, sum_x
     min(p(x), q(x)), over the reply positions: p the target's recorded top tokens (a lower bound: its
@@ -507,7 +578,7 @@ def sampled_acceptance(model: mtp_drafter.Model, data: Batches, rows: np.ndarray
         p = np.exp(data.top_logp[r][:, 1 : hidden.shape[1] + 1].astype(np.float32))
         qx = np.take_along_axis(np.array(q), np.maximum(ids, 0), axis=-1) * (ids >= 0)
         scored = np.array(weights[0]) > 0
-        scored &= np.arange(hidden.shape[1])[None] + 1 >= data.generated_from - 1  # the target's own continuations
+        scored &= np.arange(hidden.shape[1])[None] + 1 >= rows_from(data, r)[:, None] - 1  # the target's own continuations
         total += float((np.minimum(p, qx).sum(-1) * scored).sum())
         count += int(scored.sum())
     return total / max(1, count)
@@ -523,14 +594,14 @@ def free_running_acceptance(model: mtp_drafter.Model, data: Batches, rows: np.nd
         embeds, hidden, kv, _, _, _ = data.get(r)
         S = data.hidden.shape[1]
         toks = data.tokens[r]
-        L = S - 1
         p = np.arange(1, S)
-        alive = np.broadcast_to(p >= data.generated_from - 1, (len(r), L)).copy()  # x_{p+1} generated by the target
+        start = rows_from(data, r)
+        alive = p[None] >= start[:, None] - 1  # x_{p+1} generated by the target
         stop = np.full(len(r), S, dtype=np.int64)  # last position whose token is part of the reply
         for i, row in enumerate(toks):
-            hits = np.flatnonzero(np.isin(row[data.generated_from :], list(eos)))
+            hits = np.flatnonzero(np.isin(row[start[i] :], list(eos)))
             if hits.size:
-                stop[i] = data.generated_from + hits[0]
+                stop[i] = start[i] + hits[0]
         token = mx.array(toks[:, 1:S])
         h = hidden
         for j in range(k):

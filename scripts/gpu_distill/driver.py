@@ -1,8 +1,11 @@
 """Distil a demo drafter on the device machine (MLX CUDA; see README.md): mlx_spec.tools.distill.distill as
 `mlx-spec distill` runs it, the target (/root/model/target, weights shipped as bfloat16) cast to float32,
 the demo targets' dtype. Writes /root/out; prints a line per shard and per checkpoint.
-  python3 driver.py NAME HEAD_SIZE BATCH STEPS BUDGET_MIN TOKENS COLLECT_BATCH DEADLINE_S"""
+  python3 driver.py NAME HEAD_SIZE BATCH STEPS BUDGET_MIN TOKENS COLLECT_BATCH DEADLINE_S
+Optional, from the environment: SEQ_LEN (256), PROMPT_LEN (64), REQUESTS (a requests file, see
+`mlx-spec distill --requests`) and REQUEST_SHARE (0.5)."""
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -81,8 +84,9 @@ loaded.module.set_dtype(mx.float32)
 tokenizer = load_tokenizer(loaded.path, loaded.config)
 name, head = sys.argv[1], int(sys.argv[2])
 batch, steps, budget, tokens, rows, deadline = int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7]), float(sys.argv[8])
-cfg = D.DistillConfig(seq_len=256, prompt_len=64, collect_batch=rows, tokens=tokens, steps=steps, batch=batch, head_size=head,
-                      time_budget=budget, seed=0)
+cfg = D.DistillConfig(seq_len=int(os.environ.get("SEQ_LEN", 256)), prompt_len=int(os.environ.get("PROMPT_LEN", 64)), collect_batch=rows,
+                      tokens=tokens, steps=steps, batch=batch, head_size=head, time_budget=budget, seed=0,
+                      requests=os.environ.get("REQUESTS") or None, request_share=float(os.environ.get("REQUEST_SHARE", 0.5)))
 say("config", cfg)
 report = D.distill(loaded.module, name, tokenizer, ["/root/texts/python-doc", "/root/texts/fortunes", "/root/texts/linux-doc"],
                    Path("/root/out"), cfg, progress=False, echo=say)
