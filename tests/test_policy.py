@@ -65,6 +65,40 @@ def test_probes_are_rarer_when_a_draft_step_costs_more():
     assert 0 < tail.count(1) <= len(tail) / 40
 
 
+def test_probes_back_off_while_nothing_is_accepted_and_resume_after_an_accept():
+    """Parked with drafts that are never accepted, the interval between probes doubles per failed probe
+    (16, 32, 64, 128, then stays); one accepted probe brings it back to 16."""
+    policy = AdaptivePolicy(8, flat_costs(), probe_every=16)
+    chosen = simulate(policy, 0.0, steps=700)
+    parked = chosen.index(0)  # the prior's first drafts, then plain decoding
+    probes = [i for i, k in enumerate(chosen) if k and i > parked]
+    gaps = np.diff([parked - 1] + probes).tolist()
+    assert gaps[:4] == [17, 33, 65, 129] and set(gaps[4:]) == {129}, gaps
+    assert policy.probes.failed == len(probes)
+    while policy.choose() == 0:
+        policy.update(0, 0)
+    policy.update(1, 1)  # the probe's draft was accepted
+    assert policy.probes.failed == 0 and policy.probes.due(policy.costs) is False
+    policy.seen = type(policy.seen)(8, prior=0.0)  # forget the accept: parked again
+    for _ in range(16):
+        assert policy.choose() == 0
+        policy.update(0, 0)
+    assert policy.choose() == 1
+
+
+def test_batch_probes_back_off_too():
+    policy = BatchPolicy(4, costs_for=lambda b: flat_costs(), probe_every=16)
+    rows = [policy.new_row() for _ in range(2)]
+    for a in rows:
+        a.accepted, a.reached = [0.0] * 4, [50.0] * 4  # drafts never accepted
+    chosen = []
+    for _ in range(200):
+        k = policy.choose(rows)
+        policy.update(k, [0, 0])
+        chosen.append(k)
+    assert [i for i, k in enumerate(chosen) if k][:3] == [16, 16 + 33, 16 + 33 + 65]
+
+
 def test_expensive_verify_picks_shorter_drafts():
     """Same acceptance; verify cost growing with tokens (an MoE loading more experts) -> smaller k."""
     alpha = 0.7

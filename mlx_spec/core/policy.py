@@ -7,7 +7,8 @@ and the policy picks k in 0..k_max maximising E[tokens](k) / time(k); k = 0 is p
 chosen when speculation does not pay (a draft must promise SPECULATION_MARGIN more than plain). Acceptance is estimated online per position (exponentially
 weighted; a position not yet observed is assumed as good as the one before it). While parked at
 k = 0 it still probes with k = 1 every `probe_every` steps or more (`probe_interval`: probes cost at
-most 2% of the time), so it notices when drafts become good again.
+most 2% of the time; `Probes`: rarer after probes that had nothing accepted), so it notices when
+drafts become good again.
 
 Costs (`StepCosts`) are a table of whole-step seconds per k, measured at warm-up on the real step
 (`loop.measure_step_costs`: warm-up runs discarded, median of repeats, so GPU noise and first-call
@@ -28,6 +29,7 @@ from .moe import ExpertTracker, MoEProfile, parameter_bytes
 DRIFT_LIMIT = 1.5  # observed / measured step time beyond which the table is re-measured
 SPECULATION_MARGIN = 0.05  # a draft length is chosen over plain decoding only if it promises this much more
 PROBE_BUDGET = 0.02  # while parked at k = 0, probes with k = 1 may cost at most this share of the time
+PROBE_BACKOFF = 3  # each probe in a row with nothing accepted doubles the interval, up to 2 ** this times
 
 
 def with_margin(rate: float, k: int) -> float:
@@ -47,6 +49,35 @@ def probe_interval(costs, every: int) -> int:
         return every
     extra = costs.step(1) / max(1e-12, costs.step(0)) - 1
     return max(every, int(extra / PROBE_BUDGET + 0.999))
+
+
+@dataclass
+class Probes:
+    """When a policy parked at plain decoding probes with k = 1: after `probe_interval` plain steps,
+    doubled for each probe in a row that had nothing accepted (up to 2 ** PROBE_BACKOFF times; reset by
+    an accepted draft or a draft the policy chose itself). Measured on SmolLM2 on 2 CPU cores at
+    temperature 0.7: a probe costs ~0.7 plain steps beyond its own (the plain steps either side of it
+    cannot be pipelined), so probing a drafter that stays bad every 16 steps cost 2-4% of the time."""
+
+    every: int = 16
+    since_draft: int = 0  # plain steps since the last step that drafted
+    failed: int = 0  # probes in a row with nothing accepted
+    pending: bool = False  # a probe was chosen and not yet reported
+
+    def due(self, costs) -> bool:
+        return self.since_draft >= probe_interval(costs, self.every) << min(self.failed, PROBE_BACKOFF)
+
+    def chosen(self, probe: bool) -> None:
+        if probe:
+            self.pending = True
+        else:
+            self.failed = 0
+
+    def update(self, k: int, accepted: int) -> None:
+        self.since_draft = 0 if k > 0 else self.since_draft + 1
+        if k > 0 and self.pending:
+            self.pending = False
+            self.failed = 0 if accepted else self.failed + 1
 
 
 class CostModel(Protocol):
@@ -264,11 +295,12 @@ class AdaptivePolicy:
     costs: CostModel
     probe_every: int = 16
     seen: Acceptance = None
-    _since_draft: int = 0
+    probes: Probes = None
     history: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.seen = Acceptance(self.k_max)
+        self.probes = Probes(self.probe_every)
 
     @property
     def acceptance(self) -> list[float]:
@@ -288,8 +320,11 @@ class AdaptivePolicy:
 
     def choose(self) -> int:
         k = self.best()
-        if k == 0 and self.k_max > 0 and self._since_draft >= probe_interval(self.costs, self.probe_every):
+        if k == 0 and self.k_max > 0 and self.probes.due(self.costs):
             k = 1
+            self.probes.chosen(probe=True)
+        elif k:
+            self.probes.chosen(probe=False)
         self.history.append(k)
         return k
 
@@ -303,7 +338,7 @@ class AdaptivePolicy:
 
     def update(self, k: int, accepted: int) -> None:
         """How many of a step's k drafts were accepted."""
-        self._since_draft = 0 if k > 0 else self._since_draft + 1
+        self.probes.update(k, accepted)
         self.seen.update(k, accepted)
 
 
@@ -319,13 +354,14 @@ class BatchPolicy:
     costs_for: Optional[Callable[[int], CostModel]] = None
     fixed: Optional[int] = None
     probe_every: int = 16
-    _since_draft: int = 0
+    probes: Probes = None
     history: list[int] = field(default_factory=list)
     memory: Acceptance = None  # every row's outcomes pooled: a new row starts from it (at half weight)
     _observed_batch: int = 0  # the batch size of the last observed step
 
     def __post_init__(self):
         self.memory = Acceptance(max(1, self.k_max))
+        self.probes = Probes(self.probe_every)
 
     def new_row(self) -> Acceptance:
         """The acceptance tracker of a row joining the batch: the same pair on the same kind of text
@@ -359,14 +395,17 @@ class BatchPolicy:
         if self.fixed is not None:
             return self.fixed
         k = self.best(rows)
-        if k == 0 and self.k_max > 0 and self._since_draft >= probe_interval(self.costs_for(len(rows)), self.probe_every):
+        if k == 0 and self.k_max > 0 and self.probes.due(self.costs_for(len(rows))):
             k = 1
+            self.probes.chosen(probe=True)
+        elif k:
+            self.probes.chosen(probe=False)
         self.history.append(k)
         return k
 
     def update(self, k: int, accepted: list[int] = ()) -> None:
         """A step drafting k; `accepted`: each row's accepted count (pooled into `memory`)."""
-        self._since_draft = 0 if k > 0 else self._since_draft + 1
+        self.probes.update(k, sum(accepted))
         for n in accepted:
             self.memory.update(k, n)
 
