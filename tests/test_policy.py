@@ -86,6 +86,21 @@ def test_probes_back_off_while_nothing_is_accepted_and_resume_after_an_accept():
     assert policy.choose() == 1
 
 
+def test_probing_state_carries_over_to_the_next_generation():
+    """A drafter that failed its probes in one generation is not probed afresh at step 16 of the next."""
+    first = AdaptivePolicy(8, flat_costs(), probe_every=16)
+    simulate(first, 0.0, steps=300)
+    assert first.probes.failed >= 3
+    second = AdaptivePolicy(8, flat_costs(), probe_every=16).remember(first)
+    assert (second.probes.failed, second.probes.since_draft) == (first.probes.failed, first.probes.since_draft)
+    chosen = simulate(second, 0.0, steps=80)
+    parked = chosen.index(0)  # after the drafts its half-weight memory still allows
+    assert 1 not in chosen[parked : parked + 60]  # the first probe of a fresh state would come 16 steps in
+    batch = BatchPolicy(4, costs_for=lambda b: flat_costs())
+    batch.probes.failed = 2
+    assert BatchPolicy(4, costs_for=lambda b: flat_costs()).remember(batch).probes.failed == 2
+
+
 def test_batch_probes_back_off_too():
     policy = BatchPolicy(4, costs_for=lambda b: flat_costs(), probe_every=16)
     rows = [policy.new_row() for _ in range(2)]

@@ -55,9 +55,9 @@ def probe_interval(costs, every: int) -> int:
 class Probes:
     """When a policy parked at plain decoding probes with k = 1: after `probe_interval` plain steps,
     doubled for each probe in a row that had nothing accepted (up to 2 ** PROBE_BACKOFF times; reset by
-    an accepted draft or a draft the policy chose itself). Measured on SmolLM2 on 2 CPU cores at
-    temperature 0.7: a probe costs ~0.7 plain steps beyond its own (the plain steps either side of it
-    cannot be pipelined), so probing a drafter that stays bad every 16 steps cost 2-4% of the time."""
+    any accepted draft). Measured on SmolLM2 on 2 CPU cores at temperature 0.7: a probe costs ~0.7
+    plain steps beyond its own (the plain steps either side of it cannot be pipelined), so probing a
+    drafter that stays bad every 16 steps cost 2-4% of the time."""
 
     every: int = 16
     since_draft: int = 0  # plain steps since the last step that drafted
@@ -67,17 +67,22 @@ class Probes:
     def due(self, costs) -> bool:
         return self.since_draft >= probe_interval(costs, self.every) << min(self.failed, PROBE_BACKOFF)
 
-    def chosen(self, probe: bool) -> None:
-        if probe:
-            self.pending = True
-        else:
-            self.failed = 0
+    def probe(self) -> None:
+        self.pending = True
+
+    def carry(self, previous: "Probes") -> None:
+        """Go on from an earlier generation's state: its plain steps since a draft and failed probes
+        count here (a generation of 64 tokens would otherwise probe a bad drafter at step 16 and 49,
+        every time)."""
+        self.since_draft, self.failed = previous.since_draft, previous.failed
 
     def update(self, k: int, accepted: int) -> None:
         self.since_draft = 0 if k > 0 else self.since_draft + 1
-        if k > 0 and self.pending:
-            self.pending = False
-            self.failed = 0 if accepted else self.failed + 1
+        if k > 0 and accepted:
+            self.failed = 0
+        elif k > 0 and self.pending:
+            self.failed += 1
+        self.pending = self.pending and k == 0
 
 
 class CostModel(Protocol):
@@ -307,8 +312,10 @@ class AdaptivePolicy:
         return self.seen.estimates
 
     def remember(self, previous: "AdaptivePolicy", weight: float = 0.5) -> "AdaptivePolicy":
-        """Start from an earlier generation's acceptance estimates (see Acceptance.remember)."""
+        """Start from an earlier generation's acceptance estimates (see Acceptance.remember) and its
+        probing state (a drafter that failed its probes there is probed as rarely here)."""
         self.seen.remember(previous.seen, weight)
+        self.probes.carry(previous.probes)
         return self
 
     def rate(self, k: int) -> float:
@@ -322,9 +329,7 @@ class AdaptivePolicy:
         k = self.best()
         if k == 0 and self.k_max > 0 and self.probes.due(self.costs):
             k = 1
-            self.probes.chosen(probe=True)
-        elif k:
-            self.probes.chosen(probe=False)
+            self.probes.probe()
         self.history.append(k)
         return k
 
@@ -371,8 +376,9 @@ class BatchPolicy:
         return seen
 
     def remember(self, previous: "BatchPolicy") -> "BatchPolicy":
-        """Carry an earlier run's pooled acceptance over (same pair and settings kind)."""
+        """Carry an earlier run's pooled acceptance and probing state over (same pair and settings kind)."""
         self.memory.remember(previous.memory, weight=1.0)
+        self.probes.carry(previous.probes)
         return self
 
     def prepare(self, rows: int) -> None:
@@ -397,9 +403,7 @@ class BatchPolicy:
         k = self.best(rows)
         if k == 0 and self.k_max > 0 and self.probes.due(self.costs_for(len(rows))):
             k = 1
-            self.probes.chosen(probe=True)
-        elif k:
-            self.probes.chosen(probe=False)
+            self.probes.probe()
         self.history.append(k)
         return k
 
