@@ -487,6 +487,21 @@ def test_request_shards_hold_chat_wrapped_requests_at_their_own_length(targets, 
     assert scored["drafted_per_position"][0] == expected
 
 
+def test_request_prompts_from_very_short_requests(targets):
+    """A batch anchored on a request shorter than 4 tokens still has rows of one length; requests all
+    that short are refused with what to do."""
+    loaded = load_target(targets["llama"])
+    tokenizer = load_tokenizer(loaded.path, loaded.config)
+    if not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = "{% for m in messages %}<start_of_turn>user\n{{ m['content'] }}<end_of_turn>\n{% endfor %}<start_of_turn>model\n"
+    asks = ["ok"] + [f"speculative decoding drafts {i} tokens and verifies them" for i in range(6)]
+    for seed in range(8):
+        prompts = distill_module.make_request_prompts(asks, tokenizer, 4, 40, np.random.RandomState(seed))
+        assert prompts.shape[0] == 4 and prompts.dtype == np.int32
+    with pytest.raises(MlxSpecError, match="too short"):
+        distill_module.make_request_prompts(["a", "b"], tokenizer, 4, 40, np.random.RandomState(0))
+
+
 def test_read_requests_formats_and_errors(tmp_path):
     (tmp_path / "r.txt").write_text("First request\nstill first.\n\nSecond one.\n\n\n")
     assert distill_module.read_requests(tmp_path / "r.txt") == ["First request\nstill first.", "Second one."]

@@ -114,6 +114,21 @@ def test_batch_probes_back_off_too():
     assert [i for i, k in enumerate(chosen) if k][:3] == [16, 16 + 33, 16 + 33 + 65]
 
 
+def test_a_draft_step_is_never_priced_below_a_plain_one():
+    """Observations that made k = 1 look cheaper than plain decoding (noise) do not make the policy
+    draft with drafts that are never accepted."""
+    costs = StepCosts([1.0, 1.3, 1.4], smoothing=0.5)
+    for _ in range(20):  # plain steps observed slow, k = 1 steps observed fast
+        costs.observe(0, 1.8)
+        costs.observe(0, 1.8)
+        costs.observe(1, 0.7)
+        costs.observe(1, 0.7)
+    assert costs.seconds[1] < costs.seconds[0] and costs.step(1) == costs.step(0) == costs.seconds[0]
+    policy = AdaptivePolicy(2, costs)
+    policy.seen.accepted, policy.seen.reached = [0.0, 0.0], [30.0, 0.0]
+    assert policy.best() == 0
+
+
 def test_expensive_verify_picks_shorter_drafts():
     """Same acceptance; verify cost growing with tokens (an MoE loading more experts) -> smaller k."""
     alpha = 0.7
@@ -175,7 +190,8 @@ def test_costs_follow_observations_and_go_stale():
     for _ in range(60):
         costs.observe(0, 2.0)  # the machine got twice as slow
     assert costs.stale and costs.step(0) == pytest.approx(2.0, rel=0.1)
-    assert costs.step(1) == pytest.approx(1.2)  # observed earlier: keeps its own estimate
+    assert costs.seconds[1] == pytest.approx(1.2)  # observed earlier: keeps its own estimate,
+    assert costs.step(1) == costs.step(0)  # but is not priced below plain decoding
     assert costs.step(3) > 1.6 * 1.8  # never observed (extrapolated 1.6): follows the drift
 
 

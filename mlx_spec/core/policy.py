@@ -130,7 +130,12 @@ class StepCosts:
         return table[-1] + slope * (k - len(table) + 1)
 
     def step(self, k: int) -> float:
-        return self.seconds.get(k, self._measured(k) * (self.drift if k else 1.0))
+        """A step drafting k >= 1 is never priced below a plain one: it does a plain step's work and
+        more, unpipelined. Noisy observations (a machine slowing down during plain steps, a speculative
+        step whose work was done during the interval before it) could otherwise price k = 1 under
+        plain decoding, and then any acceptance at all looks worth drafting for."""
+        plain = self.seconds.get(0, self._measured(0))
+        return plain if k == 0 else max(plain, self.seconds.get(k, self._measured(k) * self.drift))
 
     def observe(self, k: int, seconds: float) -> None:
         if not self.smoothing or seconds <= 0:

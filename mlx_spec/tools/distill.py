@@ -188,9 +188,11 @@ def make_request_prompts(requests: list[str], tokenizer, n: int, max_length: int
     room = max_length - len(head) - len(tail)
     if room < 8:
         raise MlxSpecError(f"prompt length {max_length} is too short for the chat template ({len(head) + len(tail)} tokens).")
-    body = max(4, min(len(bodies[0]), room))  # the batch's body length: the first (random) request's
+    body = min(max(len(bodies[0]), 4), room)  # the batch's body length: the first (random) request's
     fits = sorted((b for b in bodies[1:] if len(b) >= body), key=len)[:n]  # the closest in length: least cut
-    rows = [bodies[0]] + fits
+    rows = ([bodies[0]] if len(bodies[0]) >= body else []) + fits
+    if not rows:
+        raise MlxSpecError("the requests are too short (fewer than 4 tokens): give requests of a few words at least.")
     while len(rows) < n:  # too few as long: repeat (identical prompts continue identically; rare)
         rows.append(rows[rng.randint(len(rows))])
     return np.array([head + b[:body] + tail for b in rows[:n]], dtype=np.int32)
