@@ -338,7 +338,7 @@ def test_free_running_acceptance_of_a_perfect_oracle():
         def __init__(self, tokens):
             self.tokens = tokens
             self.hidden = np.zeros((tokens.shape[0], tokens.shape[1] - 1, 4), np.float16)
-            self.generated_from = 3
+            self.generated_from = np.full(len(tokens), 3)  # per row, as Batches holds it
             self.masks = {}
             self.target = type("T", (), {"embed": staticmethod(lambda t: mx.zeros((*t.shape, 4)))})()
 

@@ -67,8 +67,12 @@ class Probes:
     def due(self, costs) -> bool:
         return self.since_draft >= probe_interval(costs, self.every) << min(self.failed, PROBE_BACKOFF)
 
-    def probe(self) -> None:
-        self.pending = True
+    def choose(self, best: int, k_max: int, costs) -> int:
+        """The draft length to run: the policy's `best`, or a k = 1 probe when parked and one is due."""
+        if best == 0 and k_max > 0 and self.due(costs):
+            self.pending = True
+            return 1
+        return best
 
     def carry(self, previous: "Probes") -> None:
         """Go on from an earlier generation's state: its plain steps since a draft and failed probes
@@ -331,10 +335,7 @@ class AdaptivePolicy:
         return max(range(self.k_max + 1), key=lambda k: (with_margin(self.rate(k), k), -k))
 
     def choose(self) -> int:
-        k = self.best()
-        if k == 0 and self.k_max > 0 and self.probes.due(self.costs):
-            k = 1
-            self.probes.probe()
+        k = self.probes.choose(self.best(), self.k_max, self.costs)
         self.history.append(k)
         return k
 
@@ -405,10 +406,7 @@ class BatchPolicy:
     def choose(self, rows: list[Acceptance]) -> int:
         if self.fixed is not None:
             return self.fixed
-        k = self.best(rows)
-        if k == 0 and self.k_max > 0 and self.probes.due(self.costs_for(len(rows))):
-            k = 1
-            self.probes.probe()
+        k = self.probes.choose(self.best(rows), self.k_max, self.costs_for(len(rows)))
         self.history.append(k)
         return k
 

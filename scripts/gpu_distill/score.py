@@ -39,10 +39,10 @@ first = Path(a.shard)
 number = int(re.findall(r"\d+", first.stem)[-1])
 paths = [first] + [first.parent / first.name.replace(str(number), str(number + i)) for i in range(1, a.shards)]
 cfg = D.DistillConfig(seq_len=a.seq_len, prompt_len=a.prompt_len, collect_batch=a.rows, requests=a.requests, request_share=1.0)
-for i, shard in enumerate(paths):
-    if not shard.exists():
-        texts = [] if a.requests else D.read_texts(a.data)
-        D.collect_one(target, tokenizer, texts, cfg, shard.parent, number + i).rename(shard)
+missing = [i for i, shard in enumerate(paths) if not shard.exists()]
+texts = D.read_texts(a.data) if missing and not a.requests else []
+for i in missing:
+    D.collect_one(target, tokenizer, texts, cfg, paths[i].parent, number + i).rename(paths[i])
 eos = list(getattr(tokenizer, "eos_token_ids", None) or [])
 window = target.sliding_window if SLIDING in target.producers else None
 shards = [D.Shard.load(shard) for shard in paths]
