@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 import mlx_spec
@@ -87,3 +88,20 @@ def test_batch_bench_end_to_end(tiny, tmp_path):
     assert (tmp_path / "batch_results.md").exists()
     bad = CliRunner().invoke(app, ["bench", "-m", str(tiny / "moe" / "target"), "--batch", "0,x", "--out", str(tmp_path)])
     assert bad.exit_code != 0 and "--batch takes batch sizes" in str(bad.exception)  # main() prints it as one line
+
+
+def test_pace_normalized_speedup_reads_the_pace_off_plain_steps_between_plain_steps():
+    """A run's pace is the median of its plain steps between plain steps (not the ones next to a
+    speculative step, which are unpipelined); too few of them: no pace, the raw speedup stands."""
+    from mlx_spec.tools.bench import PACE_STEPS, plain_pace
+
+    ks = [0] * 20 + [1] + [0] * 20
+    seconds = [0.1] * 41
+    seconds[19], seconds[21] = 0.9, 0.9  # the neighbours of the speculative step
+    seconds[5:8] = [0.5, 0.5, 0.5]  # a slow patch: the median holds
+    stats = {"drafts_per_step": [[3] * k for k in ks], "step_seconds": seconds}
+    assert plain_pace(stats) == pytest.approx(0.1)
+    slow = {**stats, "step_seconds": [2 * s for s in seconds]}
+    assert plain_pace(slow) == pytest.approx(0.2)
+    few = {"drafts_per_step": [[3]] * 30 + [[]] * PACE_STEPS, "step_seconds": [0.1] * (30 + PACE_STEPS)}
+    assert plain_pace(few) is None  # PACE_STEPS plain steps, only PACE_STEPS - 2 with plain on both sides

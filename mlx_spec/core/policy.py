@@ -27,6 +27,7 @@ from typing import Callable, Optional, Protocol
 from .moe import ExpertTracker, MoEProfile, parameter_bytes
 
 DRIFT_LIMIT = 1.5  # observed / measured step time beyond which the table is re-measured
+FRESH_STEPS = 16  # observations after a plain step's within which a speculative step is priced against it
 SPECULATION_MARGIN = 0.05  # a draft length is chosen over plain decoding only if it promises this much more
 PROBE_BUDGET = 0.02  # while parked at k = 0, probes with k = 1 may cost at most this share of the time
 PROBE_BACKOFF = 3  # each probe in a row with nothing accepted doubles the interval, up to 2 ** this times
@@ -101,18 +102,23 @@ class CostModel(Protocol):
 class StepCosts:
     """Seconds (or any unit) of one step drafting k tokens, index k = 0 (plain decoding) .. k_max.
 
-    `measured` is the warm-up table. Each observed step moves its own k's estimate (exponentially,
-    one observation's ratio clipped to [0.5, 2] so a stall or a GC pause moves it little) and a global
-    drift (observed over measured, all k), which scales the draft lengths not observed yet. A drift
-    beyond DRIFT_LIMIT marks the table stale: the next generation measures it again.
+    `measured` is the warm-up table, timed back to back: its ratios (a k step over a plain one) are
+    what the choice rests on. The machine's pace wanders: on 2 CPU cores the same plain steps ran at
+    91 ms in one generation and 135 ms in another, +/- 15% between generations with slow drift
+    inside them, more than the few percent a k = 1 step wins or loses. So an estimate is split in two:
+    - `drift`, the pace (observed over measured), moved by plain steps, and by speculative steps when
+      no plain step was observed in the last FRESH_STEPS observations (a long run of drafting);
+    - `relative[k]`, a k step's price against plain over the table's ratio, moved only by a k step
+      observed while plain's pace is fresh (within FRESH_STEPS observations of a plain one).
+    step(k) = measured[k] x drift x relative[k]. Before, a k step's own estimate and plain's were
+    learned apart: plain kept the pace of its last observation while a long run of k = 1 steps
+    followed the machine; when the machine sped up, k = 1 looked as cheap as plain (the floor below),
+    and the policy drafted k = 1 at 0-15% acceptance for a whole generation (0.83x; SmolLM2, greedy,
+    summarise-council after edit prompts, eighth session). Each observation's ratio is clipped to
+    [0.5, 2] so a stall or a GC pause moves it little; a drift beyond DRIFT_LIMIT marks the table
+    stale: the next generation measures it again.
 
-    Two rules keep plain decoding priced as plain decoding, so speculation that does not pay is
-    noticed (measured at temperature 0.7 on SmolLM2, where k = 1 barely loses to plain):
-    - plain (k = 0) takes no drift: until a plain step is observed it keeps its measured (pipelined)
-      cost. Drift learned from speculative steps would otherwise move it with them, and a k = 1 step
-      slower than measured would keep looking as good as ever against plain. If the whole machine did
-      slow down, plain looks cheap, gets chosen, is observed, and is corrected.
-    - a plain step next to a speculative one is not a plain step's cost: the first one after it
+    A plain step next to a speculative one is not a plain step's cost: the first one after it
       cannot be pipelined behind it (it had to be read first to know what was accepted), and the
       last one before it builds the speculative step's graph (each ~190 ms against a pipelined
       110-130 ms on SmolLM2 on 2 CPU cores). Their excess over the plain estimate is charged to the
@@ -121,10 +127,12 @@ class StepCosts:
 
     measured: list[float]
     smoothing: float = 0.1  # per observation; 0: a fixed model (seeded runs, projections)
-    drift: float = 1.0
+    drift: float = 1.0  # the machine's pace: observed over measured
     stale: bool = False
-    seconds: dict = field(default_factory=dict)  # k -> current estimate, for the k observed
+    relative: dict = field(default_factory=dict)  # k >= 1 -> its price against plain's, over the table's ratio
     pending: Optional[tuple[int, float]] = None  # the last observation, applied when the next one comes
+    since_plain: int = FRESH_STEPS + 1  # observations applied since the last plain one
+    skip: bool = False  # drop the next observation: a generation's first step (unpipelined, after the prefill)
 
     def _measured(self, k: int) -> float:
         table = self.measured
@@ -138,18 +146,22 @@ class StepCosts:
         more, unpipelined. Noisy observations (a machine slowing down during plain steps, a speculative
         step whose work was done during the interval before it) could otherwise price k = 1 under
         plain decoding, and then any acceptance at all looks worth drafting for."""
-        plain = self.seconds.get(0, self._measured(0))
-        return plain if k == 0 else max(plain, self.seconds.get(k, self._measured(k) * self.drift))
+        plain = self._measured(0) * self.drift
+        return plain if k == 0 else max(plain, self._estimate(k))
+
+    def _estimate(self, k: int) -> float:
+        return self._measured(k) * self.drift * (self.relative.get(k, 1.0) if k else 1.0)
 
     def observe(self, k: int, seconds: float) -> None:
-        if not self.smoothing or seconds <= 0:
+        if not self.smoothing or seconds <= 0 or self.skip:
+            self.skip = False
             return
         previous, self.pending = self.pending, (k, seconds)
         if previous is None:
             return
         if previous[0] > 0 and k == 0:  # a switch to plain: its extra cost belongs to the speculative step
             self.pending = None
-            self._apply(previous[0], previous[1] + max(0.0, seconds - self.step(0)))
+            self._apply(previous[0], previous[1] + max(0.0, seconds - self.step(0)), switch=True)
         elif previous[0] == 0 and k > 0:  # the plain step that queued a speculative one: charged to it
             self.pending = (k, seconds + max(0.0, previous[1] - self.step(0)))
         else:
@@ -157,17 +169,26 @@ class StepCosts:
 
     def restart(self) -> None:
         """A new run of steps (a generation) begins: the last run's held-back observation is dropped,
-        not paired with this run's first step (the two were never next to each other)."""
+        not paired with this run's first step (the two were never next to each other), plain's pace
+        is no longer fresh, and the first step (after the prefill, unpipelined) is not observed."""
         self.pending = None
+        self.since_plain = FRESH_STEPS + 1
+        self.skip = True
 
-    def _apply(self, k: int, seconds: float) -> None:
+    def _apply(self, k: int, seconds: float, switch: bool = False) -> None:
+        """`switch`: a speculative step charged the switch back to plain, a cost against plain's, never
+        the pace."""
         s = self.smoothing
 
         def clip(ratio):
             return min(2.0, max(0.5, ratio))
 
-        self.seconds[k] = self.step(k) * (1 + s * (clip(seconds / self.step(k)) - 1))
-        self.drift += s * (clip(seconds / self._measured(k)) - self.drift)
+        move = 1 + s * (clip(seconds / self._estimate(k)) - 1)
+        if k and (switch or self.since_plain <= FRESH_STEPS):  # priced against a plain step observed a moment ago
+            self.relative[k] = self.relative.get(k, 1.0) * move
+        else:  # plain decoding, or drafting with no plain step near: the machine's pace
+            self.drift *= move
+        self.since_plain = 0 if k == 0 else self.since_plain + 1
         if not 1 / DRIFT_LIMIT <= self.drift <= DRIFT_LIMIT:
             self.stale = True
 

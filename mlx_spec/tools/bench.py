@@ -213,11 +213,18 @@ class Bench:
 
     def _rows(self, runs_of: list[Run]) -> list[dict]:
         plain = {(r.prompt, r.repeat): r for r in runs_of if r.config == "plain"}
+
+        def normalized(r: Run) -> float:
+            speedup = r.decode_tps / plain[(r.prompt, r.repeat)].decode_tps
+            pace, base = plain_pace(r.stats), plain_pace(plain[(r.prompt, r.repeat)].stats)
+            return speedup if pace is None or base is None else speedup * pace / base
+
         mlx_lm = {(r["prompt"], r["repeat"]): r for r in self.peer_runs.get("mlx-lm", [])}
         rows = []
         for config in ["plain", *map(config_label, self.configs)]:
             runs = [r for r in runs_of if r.config == config]
             mean, half = mean_ci([r.decode_tps / plain[(r.prompt, r.repeat)].decode_tps for r in runs])
+            steady, steady_half = mean_ci([normalized(r) for r in runs])
             vs_mlx_lm = mean_ci([r.decode_tps / mlx_lm[(r.prompt, r.repeat)]["decode_tps"] for r in runs
                                  if (r.prompt, r.repeat) in mlx_lm]) if mlx_lm else (None, None)
             drafted = _sum_positions([r.stats["drafted_per_position"] for r in runs])
@@ -235,6 +242,9 @@ class Bench:
                 "decode_tps": float(np.mean([r.decode_tps for r in runs])),
                 "speedup": mean,
                 "speedup_ci95": half,
+                "speedup_normalized": steady,
+                "speedup_normalized_ci95": steady_half,
+                "normalized_runs": sum(plain_pace(r.stats) is not None for r in runs),
                 "vs_mlx_lm_plain": vs_mlx_lm[0],
                 "vs_mlx_lm_plain_ci95": vs_mlx_lm[1],
                 "mean_accepted_length": 1 + accepted_total / steps if steps else 1.0,
@@ -280,6 +290,21 @@ def default_prompts() -> Path:
     return Path(str(resources.files("mlx_spec.tools") / "prompts" / "default.jsonl"))
 
 
+PACE_STEPS = 16  # plain steps between plain steps a run needs for its pace to be read off them
+
+
+def plain_pace(stats: dict) -> Optional[float]:
+    """The median interval of a run's plain steps between plain steps (None when it has fewer than
+    PACE_STEPS): the machine's pace during that run. On 2 CPU cores that pace wanders +/- 15% from run
+    to run (the same plain steps took 111 ms in one run and 135 ms in the next), more than the effect
+    `auto` is measured for; a speedup scaled by the two runs' paces (`speedup_normalized`) compares
+    them at the same pace. Only runs that decode plain for a good share of their steps have one."""
+    ks = [len(d) for d in stats["drafts_per_step"]]
+    seconds = stats["step_seconds"]
+    between = [seconds[i] for i in range(1, min(len(ks), len(seconds)) - 1) if not (ks[i - 1] or ks[i] or ks[i + 1])]
+    return float(np.median(between)) if len(between) >= PACE_STEPS else None
+
+
 def load_prompts(path: Path, tokenizer, limit: Optional[int] = None) -> list[dict]:
     if not Path(path).is_file():
         raise MlxSpecError(f"no prompt file {path}: pass --prompts FILE (JSON lines with name, category, prompt).")
@@ -303,8 +328,8 @@ def markdown(result: dict) -> str:
     ]
     if reg["warning"]:
         lines.append(f"Warning: {reg['warning']}.")
-    lines += ["", "| config | prefill tok/s | decode tok/s | speedup (95% CI) | vs mlx-lm plain (95% CI) | mean accepted length | acceptance by position | target fwd/token | ms/step | expert loads/token | peak GB | lossless |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| config | prefill tok/s | decode tok/s | speedup (95% CI) | pace-normalized (runs) | vs mlx-lm plain (95% CI) | mean accepted length | acceptance by position | target fwd/token | ms/step | expert loads/token | peak GB | lossless |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def ratio(mean, half) -> str:
         if mean is None or math.isnan(mean):
@@ -315,6 +340,7 @@ def markdown(result: dict) -> str:
         acc = " ".join(f"{a:.2f}" for a in r["acceptance_per_position"]) or "-"
         lossless = "-" if r["lossless"] is None else ("yes" if r["lossless"] else "NO")
         lines.append(f"| {r['config']} | {r['prefill_tps']:.1f} | {r['decode_tps']:.1f} | {ratio(r['speedup'], r['speedup_ci95'])} | "
+                     f"{normalized_cell(r)} | "
                      f"{ratio(r.get('vs_mlx_lm_plain'), r.get('vs_mlx_lm_plain_ci95'))} | "
                      f"{r['mean_accepted_length']:.2f} | {acc} | {r['target_forwards_per_token']:.3f} | {r['ms_per_step']:.2f} | "
                      f"{r['expert_loads_per_token']:.2f} | {r['peak_memory_gb']:.3f} | {lossless} |")
@@ -327,13 +353,24 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['config']} | {r['lookup_share']:.2f} | {share(r['lookup_acceptance'])} | {share(r['mtp_acceptance'])} |")
     if result.get("by_category"):
         configs = [r["config"] for r in result["rows"][1:]]
-        lines += ["", "Speedup over plain by category (95% CI):", "",
+        lines += ["", "Speedup over plain by category (95% CI; pace-normalized in brackets):", "",
                   "| category | " + " | ".join(configs) + " |", "|---|" + "---|" * len(configs)]
         for category, rows in result["by_category"].items():
-            lines.append(f"| {category} | " + " | ".join(ratio(r["speedup"], r["speedup_ci95"]) + ("" if r["lossless"] in (None, True) else " (NOT lossless)")
+            lines.append(f"| {category} | " + " | ".join(ratio(r["speedup"], r["speedup_ci95"]) + f" [{normalized_cell(r)}]"
+                                                         + ("" if r["lossless"] in (None, True) else " (NOT lossless)")
                                                          for r in rows[1:]) + " |")
     lines += peer_runtime.markdown_lines(result.get("peers", []))
+    if any(r.get("normalized_runs") for r in result["rows"][1:]):
+        lines += ["", f"Pace-normalized: each run's speedup scaled by the machine's pace during it and during its plain run (the "
+                  f"median of their plain steps between plain steps; runs with fewer than {PACE_STEPS} such steps keep their raw speedup)."]
     return "\n".join(lines) + "\n"
+
+
+def normalized_cell(row: dict) -> str:
+    if row.get("speedup_normalized") is None or row["config"] == "plain":
+        return "-"
+    half = row["speedup_normalized_ci95"]
+    return f"{row['speedup_normalized']:.2f}" + ("" if half is None or math.isnan(half) else f" +/- {half:.2f}") + f" ({row['normalized_runs']})"
 
 
 def pyplot():
