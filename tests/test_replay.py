@@ -61,8 +61,9 @@ def test_replay_prices_the_policys_decisions():
     never, always = ("never", [0] * 200), ("always", [8] * 200)
     ([k1_never], [k1_always]) = (replay([x], 96, times, 8, make_policy=lambda c: FixedPolicy(1), warm_up=False) for x in (never, always))
     assert k1_never.speedup < 0.8 < 1.3 < k1_always.speedup  # k = 1 pays only when its drafts are right
-    parked, after = replay([never, always], 96, times, 8, drift=Drift(0.1, seed=1, slow=0.1))
+    parked, after, later = replay([never, always, always], 96, times, 8, drift=Drift(0.1, seed=1, slow=0.1))
     assert 0.9 < parked.speedup <= 1.05 and parked.drafting_steps < 10  # a never-right drafter: parked, a few probes
-    assert after.ks[:16] == [0] * 16 and max(after.ks) == 8  # remembered as bad, found good by a later probe
+    assert after.ks[:16] == [0] * 16  # remembered as bad: its probes backed off
+    assert max(later.ks) == 8 and later.speedup > 1.5  # found good by a probe, then remembered as good
     alone = replay([always], 96, times, 8, make_policy=lambda c: AdaptivePolicy(8, c), warm_up=False)[0]
     assert alone.ks[0] > 0 and alone.speedup > 2  # the prior (0.5) starts drafting at once
