@@ -12,9 +12,9 @@ drafts become good again.
 
 Costs (`StepCosts`) are a table of whole-step seconds per k, measured at warm-up on the real step
 (`loop.measure_step_costs`: warm-up runs discarded, median of repeats, so GPU noise and first-call
-compilation do not skew it), then tracked: each observed step corrects its own k's entry and a global
-drift factor; when the drift leaves [1/1.5, 1.5] the table is marked stale and the next generation
-measures it again. `MoECosts` adds, for MoE targets, the difference between the experts the measured
+compilation do not skew it), then tracked as the machine's pace times each k's price against plain
+(never below the table's ratio); when the pace leaves [1/1.5, 1.5] the table is marked stale and the
+next generation measures it again. `MoECosts` adds, for MoE targets, the difference between the experts the measured
 verifies loaded (random tokens) and those real text loads (observed by the expert tracker).
 `byte_costs` is a timing-free model from weight bytes, for reproducible seeded runs.
 """
