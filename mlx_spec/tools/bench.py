@@ -293,15 +293,27 @@ def default_prompts() -> Path:
 PACE_STEPS = 16  # plain steps between plain steps a run needs for its pace to be read off them
 
 
+def steps_by_neighbours(stats: dict) -> dict[tuple, list[float]]:
+    """A run's step intervals grouped by the kind of step and its neighbours: ("plain", speculative
+    before, speculative after) for plain steps; ("queued", k) for a speculative step right after a
+    plain one (queued behind it), ("run", k) after another speculative one. A run's first and last
+    steps, with one neighbour only, are left out."""
+    ks = [len(d) for d in stats["drafts_per_step"]]
+    seconds = stats["step_seconds"]
+    groups: dict[tuple, list[float]] = {}
+    for i in range(1, min(len(ks), len(seconds)) - 1):
+        key = ("plain", ks[i - 1] > 0, ks[i + 1] > 0) if ks[i] == 0 else ("run" if ks[i - 1] else "queued", ks[i])
+        groups.setdefault(key, []).append(seconds[i])
+    return groups
+
+
 def plain_pace(stats: dict) -> Optional[float]:
     """The median interval of a run's plain steps between plain steps (None when it has fewer than
     PACE_STEPS): the machine's pace during that run. On 2 CPU cores that pace wanders +/- 15% from run
     to run (the same plain steps took 111 ms in one run and 135 ms in the next), more than the effect
     `auto` is measured for; a speedup scaled by the two runs' paces (`speedup_normalized`) compares
     them at the same pace. Only runs that decode plain for a good share of their steps have one."""
-    ks = [len(d) for d in stats["drafts_per_step"]]
-    seconds = stats["step_seconds"]
-    between = [seconds[i] for i in range(1, min(len(ks), len(seconds)) - 1) if not (ks[i - 1] or ks[i] or ks[i + 1])]
+    between = steps_by_neighbours(stats).get(("plain", False, False), [])
     return float(np.median(between)) if len(between) >= PACE_STEPS else None
 
 

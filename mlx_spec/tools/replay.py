@@ -35,10 +35,8 @@ import numpy as np
 from ..core.draft import propose
 from ..core.errors import MlxSpecError
 from ..core.policy import AdaptivePolicy, StepCosts
-
-
-def greedy(logits: mx.array) -> mx.array:
-    return mx.argmax(logits, axis=-1).astype(mx.int32)
+from ..core.sampling import GREEDY
+from .bench import steps_by_neighbours
 
 
 def match_lengths(target, drafter, prompt: list[int], max_tokens: int, k_max: int) -> tuple[list[int], list[int]]:
@@ -47,15 +45,15 @@ def match_lengths(target, drafter, prompt: list[int], max_tokens: int, k_max: in
     greedy tokens after it."""
     cache = target.make_cache(max_rollback=1)
     logits, hidden = target.forward(mx.array([prompt]), cache, last_only=True)
-    token = greedy(logits[0, -1:])
+    token = GREEDY.first(logits[0, -1:])
     tokens, drafted = [], []
     for _ in range(max_tokens):
-        drafts, _ = propose(drafter, target, cache, token, hidden, k_max, greedy)
+        drafts, _ = propose(drafter, target, cache, token, hidden, k_max, GREEDY.draft)
         logits, hidden = target.forward(token[None], cache)
         mx.eval(drafts, logits, hidden)
         tokens.append(int(token.item()))
         drafted.append(drafts.tolist())
-        token = greedy(logits[0, -1:])
+        token = GREEDY.first(logits[0, -1:])
     m = []
     for j, drafts in enumerate(drafted):
         after = tokens[j + 1 : j + 1 + k_max]
@@ -107,11 +105,8 @@ class StepTimes:
         """From a bench JSON's runs (their per-step `step_seconds` and `drafts_per_step`)."""
         groups: dict[tuple, list[float]] = {}
         for run in runs:
-            ks = [len(d) for d in run["stats"]["drafts_per_step"]]
-            seconds = run["stats"]["step_seconds"]
-            for i in range(1, min(len(ks), len(seconds)) - 1):  # a run's first and last steps have no two neighbours
-                key = ("plain", ks[i - 1] > 0, ks[i + 1] > 0) if ks[i] == 0 else ("run" if ks[i - 1] else "queued", ks[i])
-                groups.setdefault(key, []).append(seconds[i])
+            for key, seconds in steps_by_neighbours(run["stats"]).items():
+                groups.setdefault(key, []).extend(seconds)
         med = {key: median(v) for key, v in groups.items()}
         plain = med.get(("plain", False, False))
         if plain is None:
