@@ -154,3 +154,29 @@ def test_temperature_zero_is_the_greedy_loop(target):
 def test_invalid_settings_are_clear_errors(kwargs):
     with pytest.raises(MlxSpecError, match="invalid sampling settings"):
         SamplingSettings(**kwargs)
+
+
+def test_batch_rows_with_given_drafts_are_accepted_as_one_hot():
+    """accept_rows: a row whose drafts were given (prompt lookup) is decided with q one-hot at them,
+    whatever drafter logits the batch holds for it (those belong to other rows), exactly as the single
+    loop decides it; a row without the flag is decided with its drafter logits (so the flag matters:
+    with q(x) ~ 0 every draft passes u * q(x) < p(x))."""
+    from mlx_spec.core.sampling import accept_rows
+
+    rng = np.random.RandomState(0)
+    target_logits = mx.array(4 * rng.standard_normal((3, 50)).astype(np.float32))  # peaked: p(argmax) high
+    drafts = mx.array(mx.argmax(target_logits[:2], axis=-1).astype(mx.int32))  # likely drafts: mostly accepted
+    garbage = mx.array(np.full((2, 50), -30.0, dtype=np.float32))
+    garbage[:, 7] = 30.0  # q all on token 7: q(x) ~ 0 at the drafts, which it would then always accept
+    outcomes = {}
+    for seed in range(40):
+        single = RejectionSampler(replace(SETTINGS, seed=seed)).accept(drafts, None, target_logits)
+        flagged = accept_rows([RejectionSampler(replace(SETTINGS, seed=seed))], drafts[None], garbage[None],
+                              target_logits[None], [True])
+        unflagged = accept_rows([RejectionSampler(replace(SETTINGS, seed=seed))], drafts[None], garbage[None],
+                                target_logits[None], [False])
+        mx.eval(single, flagged, unflagged)
+        assert (single[0].item(), single[1].item()) == (flagged[0].item(), flagged[1].item())
+        outcomes.setdefault("one-hot", []).append(single[0].item())
+        outcomes.setdefault("garbage q", []).append(unflagged[0].item())
+    assert 0.3 < np.mean(outcomes["one-hot"]) < 1.8 and min(outcomes["garbage q"]) == 2

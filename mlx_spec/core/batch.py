@@ -37,7 +37,7 @@ from .errors import MlxSpecError
 from .loop import SpecStats, check_token_ids, costs_from, emitted, prefill, synchronize, time_steps
 from .policy import Acceptance, BatchPolicy
 from .prompt_cache import PromptCache
-from .lookup import Lookup, one_hot_logits
+from .lookup import Lookup
 from .sampling import GREEDY, History, Processors, Strategy, accept_rows, draft_rows
 
 
@@ -158,9 +158,6 @@ def build_rows_block(target, drafter: Optional[Drafter], rows: list[Row], caches
             use = mx.array([g is not None for g in given])
             host = mx.array([g[0] if g is not None else [0] * k for g in given], dtype=mx.int32)
             drafts = mx.where(use[:, None], host, drafts)
-            if not all(s is GREEDY for s in strategies):
-                one_hot = one_hot_logits(host.reshape(-1), target.vocab_size).reshape(len(rows), k, -1)
-                draft_logits = one_hot if draft_logits is None else mx.where(use[:, None, None], one_hot, draft_logits.astype(mx.float32))
         inputs = mx.concatenate([tokens.astype(mx.int32)[:, None], drafts], axis=1)  # [B, k + 1]
         if exact and k:
             outs = [target.forward(inputs[:, i : i + 1], caches) for i in range(k + 1)]
@@ -168,7 +165,7 @@ def build_rows_block(target, drafter: Optional[Drafter], rows: list[Row], caches
         else:
             logits, hidden_all = target.forward(inputs, caches)
         logits = _processed(contexts, logits, lambda b, lg: rows[b].history.verify(contexts[b], drafts[b], lg))
-        n, next_token = accept_rows(strategies, drafts, draft_logits, logits)
+        n, next_token = accept_rows(strategies, drafts, draft_logits, logits, [g is not None for g in given])
         kept = hidden_all if k == 0 else mx.take_along_axis(hidden_all, n[:, None, None], axis=1)
     if k == 0:
         for row, c in zip(rows, contexts):

@@ -11,14 +11,14 @@ match in prompt + output is then accepted at high rates, at the cost of a verify
   so a step can price a lookup draft against the MTP drafter's (expected tokens per second).
 
 A lookup draft is a deterministic function of the history: its proposal distribution q is one-hot
-(`one_hot_logits`), so speculative rejection sampling accepts draft x with probability p(x) and
-resamples from p without x at a rejection: the output follows p exactly, as with any drafter.
+(the loop passes no drafter logits; `RejectionSampler.accept` takes q(x) = 1), so speculative
+rejection sampling accepts draft x with probability p(x) and resamples from p without x at a
+rejection: the output follows p exactly, as with any drafter.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-import mlx.core as mx
 
 from .policy import Acceptance
 
@@ -107,13 +107,6 @@ class Lookup:
                 self.seen[n].remember(seen)
 
 
-def one_hot_logits(drafts: mx.array, vocab_size: int) -> mx.array:
-    """drafts [k] -> logits [k, V] of the one-hot distribution a lookup draft was 'sampled' from."""
-    k = drafts.shape[0]
-    logits = mx.full((k, vocab_size), -1e9, dtype=mx.float32)
-    return mx.put_along_axis(logits, drafts.reshape(k, 1).astype(mx.int32), mx.zeros((k, 1), mx.float32), axis=-1)
-
-
 def best_lookup(lookup: Lookup, proposal: list[int], n: int, cost) -> tuple[int, float]:
     """The draft length (<= len(proposal)) with the best expected tokens per second, and that rate."""
     if not proposal:
@@ -122,4 +115,4 @@ def best_lookup(lookup: Lookup, proposal: list[int], n: int, cost) -> tuple[int,
     return k, lookup.expected_tokens(n, k) / cost(k)
 
 
-__all__ = ["NgramIndex", "Lookup", "one_hot_logits", "best_lookup", "MAX_NGRAM", "MIN_NGRAM"]
+__all__ = ["NgramIndex", "Lookup", "best_lookup", "MAX_NGRAM", "MIN_NGRAM"]

@@ -38,7 +38,7 @@ from .cache import rollback_slack, trim_all
 from .draft import Drafter, propose, target_position
 from .errors import MlxSpecError
 from .policy import FixedPolicy, MoECosts, StepCosts, with_margin
-from .lookup import Lookup, best_lookup, one_hot_logits
+from .lookup import Lookup, best_lookup
 from .sampling import GREEDY, History, Processors, Strategy
 
 
@@ -160,8 +160,7 @@ def build_block(target, drafter: Optional[Drafter], strategy: Strategy, cache: l
             process = lambda logits, drafted: history.draft(context, drafted, logits)  # noqa: E731
         if given is not None:
             k = len(given)
-            drafts = mx.array(given, dtype=mx.int32)
-            draft_logits = None if strategy is GREEDY else one_hot_logits(drafts, target.vocab_size)
+            drafts, draft_logits = mx.array(given, dtype=mx.int32), None  # no drafter logits: q one-hot at the drafts
             inputs = mx.concatenate([token.astype(mx.int32), drafts])[None]
         elif k:
             drafts, draft_logits = propose(drafter, target, cache, token, hidden, k, strategy.draft, process)

@@ -41,6 +41,10 @@ class Distribution:
     def __init__(self, settings: SamplingSettings):
         self.settings = settings
 
+    def filters(self, vocab_size: int) -> bool:
+        s = self.settings
+        return 0 < s.top_p < 1.0 or s.min_p != 0.0 or 0 < s.top_k < vocab_size
+
     def logprobs(self, logits: mx.array) -> mx.array:
         s = self.settings
         logits = logits.astype(mx.float32)
@@ -54,8 +58,18 @@ class Distribution:
         return logprobs
 
     def scaled(self, logits: mx.array) -> mx.array:
-        """Filtered log-probabilities divided by the temperature (unnormalised logits of p)."""
+        """Unnormalised log-probabilities of p: the logits over the temperature (as mlx-lm samples them),
+        or with top-p / min-p / top-k the filtered log-probabilities over it. The filters need
+        normalised log-probabilities; without them that pass over the vocabulary is skipped (on the CPU
+        an exp pass over [9, 49152] logits costs ~10 ms, a tenth of a SmolLM2 step)."""
+        if not self.filters(logits.shape[-1]):
+            return logits.astype(mx.float32) * (1.0 / self.settings.temp)
         return self.logprobs(logits) * (1.0 / self.settings.temp)
+
+    def log_probs(self, logits: mx.array) -> mx.array:
+        """Normalised log-probabilities of p."""
+        scaled = self.scaled(logits)
+        return scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
 
     def __call__(self, logits: mx.array) -> mx.array:
         return mx.softmax(self.scaled(logits), axis=-1)
@@ -69,7 +83,8 @@ class Strategy(Protocol):
         """Drafter logits [1, V] -> proposed token [1] (int32, lazy)."""
 
     def accept(self, drafts: mx.array, draft_logits: Optional[mx.array], target_logits: mx.array) -> tuple[mx.array, mx.array]:
-        """drafts [k], drafter logits [k, V] (None when k = 0), target logits [k + 1, V] ->
+        """drafts [k], drafter logits [k, V] (None when k = 0, or when the drafts are deterministic, as
+        prompt lookup's are: q is then one-hot at them), target logits [k + 1, V] ->
         (n accepted: int32 scalar, next token [1] int32), both lazy."""
 
 
@@ -118,20 +133,31 @@ class RejectionSampler:
     draft = first
 
     def accept(self, drafts, draft_logits, target_logits):
+        """Only what the outcome needs is computed: p(x) and q(x) at the k drafts (one normalising pass
+        over each row), then the one distribution the token is drawn from (the residual at the first
+        rejection, or p after all k), not k + 1 candidate draws over the vocabulary. With
+        `draft_logits` None the drafts are deterministic (prompt lookup): q is one-hot at them."""
         k = drafts.shape[0]
-        p = self.distribution(target_logits)  # [k + 1, V]
         if k == 0:
-            return mx.array(0, dtype=mx.int32), mx.random.categorical(mx.log(p), key=self.key()).astype(mx.int32).reshape(1)
-        q = self.distribution(draft_logits)  # [k, V]
+            return mx.array(0, dtype=mx.int32), self._sample(target_logits[:1])
+        log_p = self.distribution.log_probs(target_logits)  # [k + 1, V]
         index = drafts.reshape(k, 1)
-        p_x = mx.take_along_axis(p[:k], index, axis=-1).reshape(k)
-        q_x = mx.take_along_axis(q, index, axis=-1).reshape(k)
+        p_x = mx.exp(mx.take_along_axis(log_p[:k], index, axis=-1).reshape(k))
+        if draft_logits is None:
+            q_x = mx.ones((k,), mx.float32)
+        else:
+            log_q = self.distribution.log_probs(draft_logits)  # [k, V]
+            q_x = mx.exp(mx.take_along_axis(log_q, index, axis=-1).reshape(k))
         n = _first_rejection(mx.random.uniform(shape=(k,), key=self.key()) * q_x < p_x)  # accept w.p. min(1, p/q)
-        residual = mx.maximum(p[:k] - q, 0.0)
-        residual = mx.where(residual.sum(axis=-1, keepdims=True) > 0, residual, p[:k])  # p == q: any draw from p is exact
-        # one candidate per position: the residual draw after a rejection there, the bonus from p after all k
-        candidates = mx.random.categorical(mx.log(mx.concatenate([residual, p[k:]], axis=0)), key=self.key())
-        return n, mx.take(candidates.astype(mx.int32), n).reshape(1)
+        p_n = mx.exp(mx.take(log_p, n, axis=0))  # [V]: p at the first rejection, or after all k
+        row = mx.minimum(n, k - 1)  # q there; none after all k (the residual is then p itself)
+        if draft_logits is None:
+            q_n = (mx.arange(p_n.shape[-1]) == mx.take(drafts, row)).astype(mx.float32)
+        else:
+            q_n = mx.exp(mx.take(log_q, row, axis=0))
+        residual = mx.maximum(p_n - q_n * (n < k), 0.0)
+        residual = mx.where(residual.sum() > 0, residual, p_n)  # p == q: any draw from p is exact
+        return n, mx.random.categorical(mx.log(residual), key=self.key()).astype(mx.int32).reshape(1)
 
 
 def draft_rows(strategies: list, logits: mx.array) -> mx.array:
@@ -141,10 +167,13 @@ def draft_rows(strategies: list, logits: mx.array) -> mx.array:
     return mx.concatenate([s.draft(logits[b : b + 1]) for b, s in enumerate(strategies)])
 
 
-def accept_rows(strategies: list, drafts: mx.array, draft_logits: Optional[mx.array], target_logits: mx.array):
-    """Per-row acceptance of a batch block: drafts [B, k], drafter logits [B, k, V] (None when k = 0),
-    target logits [B, k + 1, V] -> (n accepted [B], next token [B]), lazy. Greedy rows are decided
-    together; sampled rows each by their own strategy (own settings, own random stream)."""
+def accept_rows(strategies: list, drafts: mx.array, draft_logits: Optional[mx.array], target_logits: mx.array,
+                given: Optional[list[bool]] = None):
+    """Per-row acceptance of a batch block: drafts [B, k], drafter logits [B, k, V] (None when k = 0 or
+    no row drafted with the drafter), target logits [B, k + 1, V] -> (n accepted [B], next token [B]),
+    lazy. `given[b]`: row b's drafts are deterministic (prompt lookup: q one-hot at them, its drafter
+    logits ignored). Greedy rows are decided together; sampled rows each by their own strategy (own
+    settings, own random stream)."""
     if all(s is GREEDY for s in strategies):
         choices = mx.argmax(target_logits, axis=-1).astype(mx.int32)  # [B, k + 1]
         k = drafts.shape[1]
@@ -152,7 +181,8 @@ def accept_rows(strategies: list, drafts: mx.array, draft_logits: Optional[mx.ar
             return mx.zeros((choices.shape[0],), mx.int32), choices[:, 0]
         n = mx.cumprod((drafts == choices[:, :k]).astype(mx.int32), axis=1).sum(axis=1)
         return n, mx.take_along_axis(choices, n[:, None], axis=1)[:, 0]
-    rows = [s.accept(drafts[b], None if draft_logits is None else draft_logits[b], target_logits[b])
+    given = given or [False] * len(strategies)
+    rows = [s.accept(drafts[b], None if draft_logits is None or given[b] else draft_logits[b], target_logits[b])
             for b, s in enumerate(strategies)]
     return mx.stack([n for n, _ in rows]).astype(mx.int32), mx.concatenate([t for _, t in rows])
 
