@@ -168,6 +168,69 @@ def test_plain_steps_stay_pipelined_unless_lookup_may_pay():
     assert lookup_may_draft(FixedPolicy(2), lookup)
 
 
+def test_a_match_length_whose_estimate_says_no_is_probed_and_can_recover():
+    """Lookup estimates move only when lookup drafts are verified: one learned low elsewhere (and
+    remembered) is still drafted PROBE_DRAFTS long after PROBE_EVERY declined matches at its length,
+    twice as late after each probe in a row that failed (up to 8x), and accepted probes bring the long
+    drafts back."""
+    from mlx_spec.core.loop import lookup_may_draft
+    from mlx_spec.core.lookup import PROBE_DRAFTS, PROBE_EVERY
+
+    policy = AdaptivePolicy(4, StepCosts([1.0, 1.3, 1.4, 1.5, 1.6], smoothing=0))
+    table = StepCosts([1.0, 1.05, 1.1, 1.15, 1.2], smoothing=0)
+    proposal = [7, 8, 9, 10]
+
+    def low(lookup):  # never accepted on other text
+        for seen in lookup.seen.values():
+            seen.accepted[:], seen.reached[:] = [0.0] * 4, [50.0] * 4
+        return lookup
+
+    def steps_to_probe(lookup):
+        for i in range(PROBE_EVERY << 4):
+            k = lookup_length(policy, lookup, proposal, 3, 0, mtp=True)
+            if k:
+                return i, k
+        raise AssertionError("never probed")
+
+    lookup = low(Lookup(4, costs=table))
+    assert steps_to_probe(lookup) == (PROBE_EVERY, PROBE_DRAFTS)
+    lookup.update(3, PROBE_DRAFTS, 0)  # failed: the next probe comes twice as late
+    assert steps_to_probe(lookup) == (2 * PROBE_EVERY, PROBE_DRAFTS)
+    earlier = low(Lookup(4, costs=table))
+    for _ in range(40):
+        earlier.update(3, 4, 0)  # a whole generation of failed lookup drafts: probed 8x as rarely
+    lookup = Lookup(4, costs=table)
+    lookup.remember(earlier)
+    assert steps_to_probe(lookup) == (8 * PROBE_EVERY, PROBE_DRAFTS)
+    for _ in range(6):  # probes accepted: the estimate recovers, lookup pays again on its own merit
+        lookup.update(3, PROBE_DRAFTS, PROBE_DRAFTS)
+    assert not lookup.probe_due(3) and lookup_length(policy, lookup, proposal, 3, 0, mtp=True) == PROBE_DRAFTS
+    for _ in range(30):  # and longer drafts, as they are accepted
+        lookup.update(3, 4, 4)
+    assert lookup_length(policy, lookup, proposal, 3, 0, mtp=True) == 4
+    # after a plain step, a due probe makes the loop wait for the token (no pipelining) to draft it
+    parked = low(Lookup(4, costs=table))
+    parked.extend([5, 6, 7, 1, 5, 6, 7])  # the suffix (5, 6, 7) was seen before: a match of length 3
+    waited = [lookup_may_draft(policy, parked) for _ in range(PROBE_EVERY + 1)]
+    assert waited == [False] * PROBE_EVERY + [True]
+
+
+def test_the_verify_only_table_follows_the_machine_through_plain_steps(pairs):
+    """Beside the MTP drafter, the lookup's verify-only table also observes plain steps: its pace is the
+    machine's, not set by lookup steps alone (which carry the wait before them and, unchecked, raised
+    it 40% over a bench pass while plain steps ran at table speed)."""
+    pair = pairs["dense"]
+    target = pair.adapter
+    lookup = Lookup(4, costs=StepCosts([1e-6 * (1 + 0.1 * k) for k in range(5)]))  # a table far too fast
+    policy = AdaptivePolicy(4, StepCosts([1e-6 * (1 + 0.3 * k) for k in range(5)]), probe_every=1000)
+    policy.seen.accepted[:], policy.seen.reached[:] = [0.0] * 4, [50.0] * 4  # parked: plain steps only
+    for seen in lookup.seen.values():
+        seen.accepted[:], seen.reached[:] = [0.0] * 4, [50.0] * 4
+    list(speculative_generate_step([2] + list(range(40, 70)), target, pair.draft_model, policy=policy, max_tokens=30,
+                                   lookup=lookup))
+    assert lookup.costs.drift > 1.5 and lookup.costs.stale  # real steps are far slower: re-measured next time
+
+
 def test_batched_plain_steps_stay_pipelined_unless_lookup_may_pay():
     """The batched engine's version: a plain step is not queued ahead only when some row's match would
     make the batch draft by lookup (as the batch policy prices it), or under a fixed k on any match."""

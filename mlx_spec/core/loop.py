@@ -38,7 +38,7 @@ from .cache import rollback_slack, trim_all
 from .draft import Drafter, propose, target_position
 from .errors import MlxSpecError
 from .policy import FixedPolicy, MoECosts, StepCosts, with_margin
-from .lookup import Lookup, best_lookup
+from .lookup import PROBE_DRAFTS, Lookup, best_lookup
 from .sampling import GREEDY, History, Processors, Strategy
 
 
@@ -383,6 +383,8 @@ def _decode(prompt, target, drafter, policy, strategy, history, lookup, exact, m
                 waited = bubble
             else:
                 (lookup if block.match else policy).observe(block.k, interval - owed + bubble + (waited if block.match else 0.0))
+                if lookup is not None and not block.k and lookup.costs is not getattr(policy, "costs", None):
+                    lookup.observe(0, interval - owed + bubble)  # the verify-only table's pace (lookup alone: it is the policy's)
                 waited = 0.0
         owed = bubble
         for i in range(end):
@@ -397,30 +399,42 @@ def lookup_may_draft(policy, lookup: Lookup) -> bool:
     """Whether the step after a plain one may draft by prompt lookup, so it must wait for this step's
     token instead of being queued behind it: the context repeats itself (a suffix match now) and, for
     an adaptive policy, a lookup draft at this match length (or one longer, if the repeat goes on)
-    promises more than plain decoding does. On ordinary text short matches are common but seldom
-    accepted (at temperature 0.7 especially); without the second test each of them cost a pipelined
-    plain step (~20-50% of a step on the CPU)."""
+    promises more than plain decoding does, or a lookup probe is due there. On ordinary text short
+    matches are common but seldom accepted (at temperature 0.7 especially); without the second test
+    each of them cost a pipelined plain step (~20-50% of a step on the CPU). A match it declines
+    counts toward that length's next probe."""
     n, _ = lookup.index.match()
     if not n:
         return False
     if not hasattr(policy, "rate"):  # a fixed k: any proposal at least k long is taken
         return True
+    lengths = {n, min(n + 1, lookup.max_ngram)}
+    if any(lookup.probe_due(m) for m in lengths):
+        return True
     full = [0] * lookup.k_max  # the longest proposal: its best rate bounds any shorter one's
-    rate = max(best_lookup(lookup, full, m, lookup_costs(policy, lookup))[1] for m in {n, min(n + 1, lookup.max_ngram)})
-    return rate > with_margin(policy.rate(0), 0)
+    if max(best_lookup(lookup, full, m, lookup_costs(policy, lookup))[1] for m in lengths) > with_margin(policy.rate(0), 0):
+        return True
+    lookup.decline(n)
+    return False
 
 
 def lookup_length(policy, lookup: Lookup, proposal: list[int], n: int, k: int, mtp: bool) -> int:
     """How many of a prompt-lookup proposal to draft this step (0: draft as the policy chose, k).
     Adaptive: the lookup length with the best expected tokens per second (lookup acceptance for this
-    match length, verify-only step costs) if that beats the MTP drafter's k (or plain decoding). Fixed k:
+    match length, verify-only step costs) if that beats the MTP drafter's k (or plain decoding), else
+    a PROBE_DRAFTS probe when one is due at this match length (`Lookup.probe_due`). Fixed k:
     the proposal up to k, when it is at least as long as k or there is no MTP drafter."""
     if not proposal:
         return 0
     if not hasattr(policy, "rate"):  # a fixed k
         return min(len(proposal), policy.k) if (len(proposal) >= policy.k or not mtp) else 0
     kl, rate = best_lookup(lookup, proposal, n, lookup_costs(policy, lookup))
-    return kl if rate > with_margin(policy.rate(k), k) else 0
+    if rate > with_margin(policy.rate(k), k):
+        return kl
+    if lookup.probe_due(n):
+        return min(len(proposal), PROBE_DRAFTS)
+    lookup.decline(n)
+    return 0
 
 
 def lookup_costs(policy, lookup: Lookup):

@@ -42,6 +42,7 @@ class Distribution:
         self.settings = settings
 
     def filters(self, vocab_size: int) -> bool:
+        """Whether top-p, min-p or top-k cut anything from a vocabulary of this size."""
         s = self.settings
         return 0 < s.top_p < 1.0 or s.min_p != 0.0 or 0 < s.top_k < vocab_size
 
