@@ -67,8 +67,9 @@ class Distribution:
             return logits.astype(mx.float32) * (1.0 / self.settings.temp)
         return self.logprobs(logits) * (1.0 / self.settings.temp)
 
-    def log_probs(self, logits: mx.array) -> mx.array:
-        """Normalised log-probabilities of p."""
+    def normalized(self, logits: mx.array) -> mx.array:
+        """Normalised log-probabilities of p (filters and temperature applied; `logprobs` is the
+        filtered distribution at temperature 1, what the filters read)."""
         scaled = self.scaled(logits)
         return scaled - mx.logsumexp(scaled, axis=-1, keepdims=True)
 
@@ -141,13 +142,13 @@ class RejectionSampler:
         k = drafts.shape[0]
         if k == 0:
             return mx.array(0, dtype=mx.int32), self._sample(target_logits[:1])
-        log_p = self.distribution.log_probs(target_logits)  # [k + 1, V]
+        log_p = self.distribution.normalized(target_logits)  # [k + 1, V]
         index = drafts.reshape(k, 1)
         p_x = mx.exp(mx.take_along_axis(log_p[:k], index, axis=-1).reshape(k))
         if draft_logits is None:
             q_x = mx.ones((k,), mx.float32)
         else:
-            log_q = self.distribution.log_probs(draft_logits)  # [k, V]
+            log_q = self.distribution.normalized(draft_logits)  # [k, V]
             q_x = mx.exp(mx.take_along_axis(log_q, index, axis=-1).reshape(k))
         n = _first_rejection(mx.random.uniform(shape=(k,), key=self.key()) * q_x < p_x)  # accept w.p. min(1, p/q)
         p_n = mx.exp(mx.take(log_p, n, axis=0))  # [V]: p at the first rejection, or after all k
