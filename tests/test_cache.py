@@ -8,7 +8,7 @@ import pytest
 from mlx_lm.models.base import scaled_dot_product_attention
 from mlx_lm.models.cache import KVCache, RotatingKVCache, trim_prompt_cache
 
-from mlx_spec.core.cache import RollbackError, SlidingKVCache
+from mlx_spec.core.cache import BucketedKVCache, RollbackError, SlidingKVCache
 
 W = 8
 
@@ -45,6 +45,36 @@ def test_matches_full_history_through_random_updates_and_rollbacks():
         recent_k, _ = cache.recent(W + 1)
         truth = mx.concatenate(history_k, axis=2)[:, :, -(W + 1):]
         assert mx.array_equal(recent_k, truth)
+
+
+def test_bucketed_cache_pads_verify_keys_and_attends_exactly():
+    """Verify blocks read keys padded to a multiple of the bucket (one cuDNN graph per bucket on CUDA),
+    masked so that attention equals full causal attention over the true history, through rollbacks."""
+    rng = np.random.RandomState(1)
+    cache = BucketedKVCache()
+    history_k, history_v = [], []
+    lengths = set()
+    for step in range(150):
+        n = int(rng.choice([1, 1, 2, 5, 9, 16, 17, 40]))  # decodes, verify blocks, prefill-sized chunks
+        k, v, q = (mx.array(rng.standard_normal((1, 2, n, 4)).astype(np.float32)) for _ in range(3))
+        mask = cache.make_mask(n, return_array=False)
+        start = cache.offset
+        keys, values = cache.update_and_fetch(k, v)
+        if 1 < n <= BucketedKVCache.max_rows:
+            assert keys.shape[2] % BucketedKVCache.bucket == 0 and keys.shape[2] >= cache.offset
+            lengths.add(keys.shape[2])
+        else:
+            assert keys.shape[2] == cache.offset  # mlx-lm's exact read
+        out = scaled_dot_product_attention(q, keys, values, cache=cache, scale=1.0, mask=mask)
+        all_k, all_v = mx.concatenate(history_k + [k], axis=2), mx.concatenate(history_v + [v], axis=2)
+        positions = mx.arange(all_k.shape[2])
+        ref = mx.fast.scaled_dot_product_attention(q, all_k, all_v, scale=1.0, mask=positions[None] <= mx.arange(start, start + n)[:, None])
+        assert float(mx.abs(out - ref).max()) < 1e-5, step
+        keep = int(rng.randint(1, n + 1))
+        cache.trim(n - keep)
+        history_k.append(k[:, :, :keep])
+        history_v.append(v[:, :, :keep])
+    assert cache.offset > 2 * BucketedKVCache.bucket and len(lengths) >= 2  # crossed buckets, stale keys past offset masked
 
 
 def test_rollback_beyond_slack_raises():

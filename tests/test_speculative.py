@@ -83,6 +83,19 @@ def test_speculative_equals_plain_greedy(models, variant):
     assert accepted_any and rejected_any  # the drafter is partly right: both paths ran
 
 
+def test_bucketed_verify_keys_equal_plain_greedy(models):
+    """The cache MLX's CUDA backend gets (verify keys padded to a bucket, masked) changes no token."""
+    target, drafter = models["dense"]
+    bucketed = Target(target.module, target.text_config, bucket_keys=True)
+    assert any(type(c).__name__ == "BucketedKVCache" for c in bucketed.make_cache())
+    prompt = list(prompts(target).values())[1]
+    plain, _ = run(target, drafter, prompt, 0)
+    for k in (3, 8):
+        spec, stats = run(bucketed, drafter, prompt, k)
+        check_lossless(spec, plain, lambda: plain_reference(target, prompt, TOKENS)[1], f"bucketed k={k}", tolerance=tolerance_for(target))
+        assert stats.accepted > 0 and stats.accepted < stats.drafted
+
+
 @pytest.mark.parametrize("variant", ("dense", "moe", "dense-4bit"))
 def test_exact_verify_is_plain_decoding_bit_for_bit(models, variant):
     """--exact-verify checks every draft with plain decoding's own 1-row forward: equal on any backend

@@ -12,7 +12,8 @@ that: it rolls a verified block of k + 1 tokens back by at most k, and a generat
 forgets the accepted tokens past the last one it yielded (at most k) plus the next queued block. A
 rollback the buffer can no longer restore raises `RollbackError`; it never returns wrong keys.
 
-Full-attention layers use mlx-lm's `KVCache`, whose `trim` is exact at any length.
+Full-attention layers use mlx-lm's `KVCache`, whose `trim` is exact at any length; on MLX's CUDA
+backend `BucketedKVCache`, which hands a verify block keys padded to a bucket (see there).
 """
 
 from __future__ import annotations
@@ -125,6 +126,49 @@ class SlidingKVCache:
 
     def size(self) -> int:
         return self.offset
+
+
+class BucketedKVCache(KVCache):
+    """mlx-lm's `KVCache` whose multi-token reads (a verify block: 2 to `max_rows` tokens) see keys
+    padded up to a multiple of `bucket`, with an array mask hiding the padding.
+
+    Why: MLX's CUDA backend runs a causal attention of more than one query row in half precision
+    through cuDNN, whose graph cache is keyed on the exact key length, and builds a new graph on the
+    host inside eval. A verify's key length is new every step, so every step would build one. Padded,
+    one graph serves `bucket` steps. The masked keys change nothing but the work (they get weight
+    exp(-inf) = 0). One-token decodes and prefill chunks are read exactly as mlx-lm reads them.
+    """
+
+    bucket = KVCache.step
+    max_rows = 16
+
+    def _padded(self, n: int) -> int:
+        return -(-(self.offset + n) // self.bucket) * self.bucket
+
+    def make_mask(self, N: int, window_size: Optional[int] = None, return_array: bool = False, **kwargs):
+        if N == 1 or N > self.max_rows or window_size is not None:
+            return super().make_mask(N, window_size=window_size, return_array=return_array, **kwargs)
+        q = mx.arange(self.offset, self.offset + N)[:, None]
+        return mx.arange(self._padded(N))[None] <= q
+
+    def update_and_fetch(self, keys: mx.array, values: mx.array):
+        n = keys.shape[2]
+        if n == 1 or n > self.max_rows:
+            return super().update_and_fetch(keys, values)
+        prev, padded = self.offset, self._padded(n)
+        if self.keys is None or padded > self.keys.shape[2]:
+            B, H, _, Dk = keys.shape
+            new_k = mx.zeros((B, H, padded - prev, Dk), keys.dtype)
+            new_v = mx.zeros((B, H, padded - prev, values.shape[3]), values.dtype)
+            if self.keys is None:
+                self.keys, self.values = new_k, new_v
+            else:
+                self.keys = mx.concatenate([self.keys[..., :prev, :], new_k], axis=2)
+                self.values = mx.concatenate([self.values[..., :prev, :], new_v], axis=2)
+        self.offset += n
+        self.keys[..., prev : self.offset, :] = keys
+        self.values[..., prev : self.offset, :] = values
+        return self.keys[..., :padded, :], self.values[..., :padded, :]
 
 
 def full_kv(cache: KVCache) -> tuple[mx.array, mx.array]:

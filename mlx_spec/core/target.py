@@ -6,8 +6,9 @@ drafter trained for it (models/mtp_drafter.py).
 
 - `forward(tokens, cache)` returns logits and the final-normed hidden state (the drafter's input),
   computed exactly as mlx-lm's `Model.__call__` computes logits (tied head, final softcapping).
-- `make_cache()` builds rollback-able caches: mlx-lm's `KVCache` for full layers and our
-  `SlidingKVCache` for sliding layers, one per non-KV-shared layer as mlx-lm expects.
+- `make_cache()` builds rollback-able caches: mlx-lm's `KVCache` for full layers (on MLX's CUDA
+  backend our `BucketedKVCache`, see cache.py) and our `SlidingKVCache` for sliding layers, one per
+  non-KV-shared layer as mlx-lm expects.
 - `make_ragged_cache()` the same for B rows at their own positions (batch_cache.py).
 - `shared_kv(cache, span)` reads, in place, the KV of the producer layers the drafter attends to
   (the last non-shared layer of each attention type).
@@ -21,14 +22,16 @@ from mlx_lm.models.cache import KVCache
 from mlx_lm.models.gemma4_text import logit_softcap
 
 from .batch_cache import RaggedKVCache
-from .cache import SlidingKVCache, full_kv
+from .cache import BucketedKVCache, SlidingKVCache, full_kv
 from .model_config import FULL, SLIDING, kv_producer_layers
 from .moe import ExpertTracker
 
 
 class Target:
-    def __init__(self, module: nn.Module, text_config: dict, track_experts: bool = True):
+    def __init__(self, module: nn.Module, text_config: dict, track_experts: bool = True, bucket_keys: bool | None = None):
         self.module = module
+        # Verify blocks read keys padded to a bucket where attention graphs are built per key length.
+        self.bucket_keys = cuda_backend() if bucket_keys is None else bool(bucket_keys)
         self.lm = getattr(module, "language_model", module)  # gemma4 wraps gemma4_text
         self.text_config = text_config
         args = self.lm.args
@@ -45,8 +48,9 @@ class Target:
 
     def make_cache(self, max_rollback: int = 8) -> list:
         """Caches that can roll back a rejected block of up to `max_rollback` drafts (see cache.py)."""
+        full = BucketedKVCache if self.bucket_keys else KVCache
         return [
-            KVCache() if self.layer_types[i] == FULL else SlidingKVCache(self.sliding_window, max_rollback)
+            full() if self.layer_types[i] == FULL else SlidingKVCache(self.sliding_window, max_rollback)
             for i in range(self.num_cached_layers)
         ]
 
@@ -135,3 +139,9 @@ def embed_scale_of(lm: nn.Module):
     if str(getattr(lm.args, "model_type", "")).startswith("gemma"):  # Gemma 1-3 scale inside __call__
         return mx.array(lm.args.hidden_size**0.5, mx.bfloat16).astype(mx.float32)
     return 1.0
+
+
+def cuda_backend() -> bool:
+    """Whether MLX runs on its CUDA backend (where cache.BucketedKVCache pays)."""
+    cuda = getattr(mx, "cuda", None)
+    return bool(cuda is not None and cuda.is_available())

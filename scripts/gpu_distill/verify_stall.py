@@ -19,7 +19,10 @@ download; timing only):
    length; host time (graph build and encode, up to async_eval) apart from the wait for the device;
 2. the runtime's own steps (loop.build_block + read_block, prompt-lookup style: drafts given on the
    host, none accepted, so the cache grows by one token per step as in a real run, a new key length
-   every step): plain and k = 2, 4, 8, 40 steps each after 5 warm-up ones, per-step milliseconds.
+   every step): plain and k = 2, 4, 8, 40 steps each after 5 warm-up ones, per-step milliseconds;
+   then the same with the full-attention caches bucketed (cache.BucketedKVCache: verify keys padded
+   to a multiple of 256 with an array mask, so one graph serves 256 steps). Attention alone is also
+   timed that way (`padded_new_length`).
 Arms: default; MLX_CUDA_USE_CUDNN_SDPA=0; MLX_USE_CUDA_GRAPHS=0. If the default arm's new-length
 attention calls take tens of ms on the host against < 1 ms at a fixed length, and the no-cuDNN arm's
 verify steps lose their slow mode, the stall is cuDNN's per-shape graph build. Runs on a CPU too
@@ -66,18 +69,32 @@ def attention(mx) -> dict:
         mx.eval(out)
         return 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t1)
 
+    def padded(rows: int, length: int) -> tuple[float, float]:  # what cache.BucketedKVCache hands a verify block
+        q = mx.random.normal((1, heads, rows, dim)).astype(mx.bfloat16)
+        end = -(-length // 256) * 256
+        mask = mx.arange(end)[None] <= mx.arange(length - rows, length)[:, None]
+        mx.eval(q, mask)
+        t0 = time.perf_counter()
+        out = mx.fast.scaled_dot_product_attention(q, keys[:, :, :end], values[:, :, :end], scale=dim ** -0.5, mask=mask)
+        mx.async_eval(out)
+        t1 = time.perf_counter()
+        mx.eval(out)
+        return 1e3 * (t1 - t0), 1e3 * (time.perf_counter() - t1)
+
     call(3, 64), call(9, 64)  # first use: handles, kernels
     out = {}
     for rows in (3, 5, 9):
         new = [call(rows, length) for length in range(300, 420, 3)]
         call(rows, 700)
         same = [call(rows, 700) for _ in range(40)]
+        pad = [padded(rows, length) for length in range(430, 550, 3)]  # crosses one bucket edge (512)
         out[f"rows{rows}"] = {"new_length_host": summary([h for h, _ in new]), "new_length_wait": summary([w for _, w in new]),
-                              "same_length_host": summary([h for h, _ in same]), "same_length_wait": summary([w for _, w in same])}
+                              "same_length_host": summary([h for h, _ in same]), "same_length_wait": summary([w for _, w in same]),
+                              "padded_new_length_host": summary([h for h, _ in pad]), "padded_new_length_wait": summary([w for _, w in pad])}
     return out
 
 
-def verify_steps(mx) -> dict:
+def verify_steps(mx, configs=((0, False), (2, False), (4, False), (8, False), (0, True), (2, True), (4, True), (8, True))) -> dict:
     from mlx_lm.models import llama
 
     from mlx_spec.core.loop import build_block, read_block
@@ -88,9 +105,9 @@ def verify_steps(mx) -> dict:
     module = llama.Model(llama.ModelArgs.from_dict(SMOLLM2))
     module.set_dtype(mx.bfloat16)
     mx.eval(module.parameters())
-    target = Target(module, SMOLLM2)
     out = {}
-    for k in (0, 2, 4, 8):
+    for k, bucketed in configs:
+        target = Target(module, SMOLLM2, bucket_keys=bucketed)
         cache = target.make_cache(max_rollback=8)
         _, hidden = target.forward(mx.array([list(range(10, 266))]), cache, last_only=True)  # a 256-token prompt
         token = mx.array([7], dtype=mx.int32)
@@ -104,7 +121,7 @@ def verify_steps(mx) -> dict:
             token, hidden = mx.array([following], dtype=mx.int32), block.hidden
             if step >= 5:
                 ms.append(1e3 * (time.perf_counter() - t0))
-        out[f"k{k}"] = summary(ms)
+        out[f"k{k}" + ("_bucketed" if bucketed else "") + ("_again" if f"k{k}" + ("_bucketed" if bucketed else "") in out else "")] = summary(ms)
     return out
 
 
@@ -121,7 +138,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", help="folder for verify_stall.json")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--steps-only", action="store_true", help="this process only: bucketed verify steps first, then plain")
     args = parser.parse_args(argv)
+    if args.steps_only:
+        import mlx.core as mx
+
+        print(json.dumps(verify_steps(mx, ((0, False), (2, True), (4, True), (8, True), (0, True), (0, False), (4, False)))))
+        return 0
     if args.child:
         child()
         return 0
