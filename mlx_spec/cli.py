@@ -364,9 +364,8 @@ def bench(
     results = []
     for t in temps:
         for a in alphas:
-            # Peers decode greedily: they run beside every greedy table, so each compares within one run.
-            run_peers = peer_list if t == 0 else []
-            results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a, temp=t, peers=run_peers).run())
+            # Peers run beside every table at its temperature, so each compares within one run.
+            results.append(Bench(pair, tokenizer, prompt_set, configs, max_tokens, repeats, a, temp=t, peers=peer_list).run())
             _write_results(out_dir, "results", results, markdown)
     _finish_results(out_dir, "results", results, plot)
 

@@ -23,6 +23,7 @@ from mlx_spec.core.errors import MlxSpecError
 from mlx_spec.core.loading import load_pair
 from mlx_spec.core.policy import Acceptance, BatchPolicy, StepCosts
 from mlx_spec.core.sampling import Distribution, RejectionSampler, SamplingSettings
+from mlx_spec.core.target import Target
 
 VARIANTS = ("dense", "moe", "e2b")  # quantized kernels: covered batch-1 in test_speculative
 
@@ -61,10 +62,14 @@ def run_engine(engine, requests, join_at=None, late=(), cancel=None):
     return [out[i] for i in ids], [spans[i] for i in ids]
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", (*VARIANTS, "dense-bucketed"))
 def test_rows_equal_their_own_plain_greedy(pairs, variant):
-    pair = pairs[variant]
+    """dense-bucketed: the caches MLX's CUDA backend gets (verify spans padded to a multiple of 256)."""
+    pair = pairs[variant.removesuffix("-bucketed")]
     target, drafter = pair.adapter, pair.draft_model
+    if variant.endswith("-bucketed"):
+        target = Target(target.module, target.text_config, bucket_keys=True)
+        assert any(c.bucket for c in target.make_ragged_cache())
     window = target.sliding_window
     prompts = make_prompts(target, (6, 3 * window + 7, 17, 2 * window + 1, 9))
     limits = [160, 120, 200, 90, 60]

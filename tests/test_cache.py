@@ -100,3 +100,24 @@ def test_mlx_lm_rotating_cache_stops_trimming_after_wrap():
         for c in ours:
             c.update_and_fetch(mx.zeros((1, 1, 1, 4)), mx.zeros((1, 1, 1, 4)))
     assert trim_prompt_cache(ours, 3) == 3 and ours[0].offset == 3 * W - 3
+
+
+def test_bucketed_ragged_span_ends_on_a_bucket_and_masks_the_rest():
+    """Batched verify (full attention): the span ends at a multiple of 256, every row sees exactly
+    its own causal keys, and one-token decodes keep the exact span."""
+    from mlx_spec.core.batch_cache import RaggedKVCache
+
+    ragged = RaggedKVCache(None, bucket=True)
+    rows = []
+    for length in (5, 300):
+        c = KVCache()
+        c.update_and_fetch(mx.ones((1, 1, length, 4)), mx.ones((1, 1, length, 4)))
+        rows.append(c)
+    ragged.add_rows(rows)
+    assert ragged.keys.shape[2] % 256 == 0
+    mask = ragged.make_mask(3)
+    keys, _ = ragged.update_and_fetch(mx.zeros((2, 1, 3, 4)), mx.zeros((2, 1, 3, 4)))
+    assert keys.shape[2] == 512 and mask.shape == (2, 1, 3, 512)
+    assert mask[0, 0].sum(axis=-1).tolist() == [6, 7, 8] and mask[1, 0].sum(axis=-1).tolist() == [301, 302, 303]
+    ragged.trim_rows([2, 2])
+    assert ragged.make_mask(1).shape[-1] == 302 == ragged.update_and_fetch(mx.zeros((2, 1, 1, 4)), mx.zeros((2, 1, 1, 4)))[0].shape[2]

@@ -258,6 +258,38 @@ def test_batched_plain_steps_stay_pipelined_unless_lookup_may_pay():
     assert not BatchEngine._lookup_may_draft(e)
 
 
+def test_batched_rows_probe_a_match_length_whose_estimate_says_no(pairs, monkeypatch):
+    """The batched engine probes as the single-sequence loop does: rows whose lookup estimates say no
+    everywhere (learned low elsewhere) still draft by lookup after PROBE_EVERY declined matches, the
+    batch drafting for them if it would not, and on replies that copy their context the probes are
+    accepted. Without probes these rows never draft by lookup. Lossless all the same."""
+    from mlx_spec.core import batch
+    from mlx_spec.core.policy import BatchPolicy
+
+    class Low(Lookup):
+        def __post_init__(self):
+            super().__post_init__()
+            for seen in self.seen.values():
+                seen.accepted[:], seen.reached[:] = [0.0] * self.k_max, [50.0] * self.k_max
+
+    monkeypatch.setattr(batch, "Lookup", Low)
+    pair = pairs["dense"]
+    target, drafter = pair.adapter, pair.draft_model
+    prompts = [repetitive_prompt(target, seed) for seed in (0, 3)]
+    references = [plain_reference(target, p, 90) for p in prompts]
+    table = StepCosts([1.0, 2.0, 2.2, 2.4, 2.6], smoothing=0)  # MTP drafts seldom pay: mostly plain steps
+    engine = batch.BatchEngine(target, drafter, BatchPolicy(4, costs_for=lambda rows: table), lookup=True)
+    ids = [engine.add(p, max_tokens=90) for p in prompts]
+    outs = {i: [] for i in ids}
+    while engine.active:
+        for o in engine.step():
+            outs[o.id].extend(o.tokens)
+    for (row_id, out), (plain, margins) in zip(sorted(outs.items()), references):
+        check_lossless(out, plain, margins, f"batch probe row {row_id}", tolerance=tolerance_for(target))
+    rows = engine.stats.rows
+    assert sum(r.lookup_drafted for r in rows) > 0 and sum(r.lookup_accepted for r in rows) > 0
+
+
 @pytest.mark.parametrize("waits", (True, False))
 def test_plain_steps_that_wait_for_lookup_are_not_priced_as_plain(pairs, monkeypatch, waits):
     """A plain step that waits for its token (the next step may draft by lookup) runs unpipelined: it is

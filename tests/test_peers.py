@@ -58,6 +58,22 @@ def test_bench_with_peers_end_to_end(tiny, draft_model, tmp_path):
     assert "| mlx-lm | ran |" in md and "| mlx-lm-spec | ran |" in md and "| mlx-vlm | skipped |" in md
 
 
+def test_peers_sample_at_the_bench_temperature(tiny, draft_model):
+    """At temperature > 0 the peers sample too (mlx-lm's sampler: plain, and its speculative loop with
+    its own acceptance), so the sampled tables get a same-run peer; tokens are not compared there."""
+    model, tokenizer = mlx_spec.load(tiny / "dense" / "target", tiny / "dense" / "drafter-trained")
+    prompts = load_prompts(PROMPTS, tokenizer, limit=1)
+    peers = make_peers(["mlx-lm", "mlx-lm-spec"], model, tokenizer, draft_model=str(draft_model), draft_tokens=2)
+    result = Bench(model, tokenizer, prompts, [DraftSettings(2)], max_tokens=24, repeats=2, temp=1.0, peers=peers).run(progress=False)
+    for peer in result["peers"]:
+        assert peer["status"] == "ran", peer["reason"]
+        assert peer["same_as_our_plain"] is None and peer["decode_tps"] > 0 and peer["tokens_per_run"] == [24]
+    greedy = make_peers(["mlx-lm"], model, tokenizer)[0].run(prompts[0]["ids"], 24).tokens
+    sampled = [make_peers(["mlx-lm"], model, tokenizer)[0].run(prompts[0]["ids"], 24, temp=1.0).tokens for _ in range(2)]
+    assert sampled[0] != greedy or sampled[1] != greedy  # sampled at 1.0 on a tiny target: not its greedy text
+    assert "| mlx-lm | ran |" in markdown(result)
+
+
 def test_peer_without_draft_model_is_skipped(tiny):
     model, tokenizer = mlx_spec.load(tiny / "e2b" / "target", tiny / "e2b" / "drafter-trained")
     prompts = load_prompts(PROMPTS, tokenizer, limit=1)

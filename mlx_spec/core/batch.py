@@ -37,7 +37,7 @@ from .errors import MlxSpecError
 from .loop import SpecStats, check_token_ids, costs_from, emitted, prefill, synchronize, time_steps
 from .policy import Acceptance, BatchPolicy
 from .prompt_cache import PromptCache
-from .lookup import Lookup
+from .lookup import PROBE_DRAFTS, Lookup
 from .sampling import GREEDY, History, Processors, Strategy, accept_rows, draft_rows
 
 
@@ -447,9 +447,19 @@ class BatchEngine:
         if plain_only and k:
             return None
         given = None
-        if k and self.lookup:
-            given = [(prop[:k], m) if s.lookup_wins(k) else None for s, (prop, m) in zip(seen, proposals)]
-            if self.drafter is None:  # lookup alone: a row without a long enough match proposes filler (rejected, exact)
+        if self.lookup and not plain_only:
+            # Probes (adaptive policy): a row whose estimate at its match length has declined PROBE_EVERY
+            # matches drafts by lookup anyway (`Lookup.probe_due`), the batch drafting PROBE_DRAFTS if it would not.
+            probes = [bool(m) and self.policy.fixed is None and r.lookup.probe_due(m) for r, (_, m) in zip(rows, proposals)]
+            if not k and any(p and len(prop) >= PROBE_DRAFTS for p, (prop, _) in zip(probes, proposals)):
+                k = max(0, min(PROBE_DRAFTS, wanted, room))
+            if k:
+                given = [(prop[:k], m) if m and (s.lookup_wins(k) or (p and len(prop) >= k)) else None
+                         for s, p, (prop, m) in zip(seen, probes, proposals)]
+            for r, g, (_, m) in zip(rows, given or [None] * len(rows), proposals):
+                if g is None:
+                    r.lookup.decline(m)
+            if given is not None and self.drafter is None:  # lookup alone: a row without a long enough match proposes filler (rejected, exact)
                 given = [g if g is not None else ([0] * k, 0) for g in given]
         block = build_rows_block(self.target, self.drafter, rows, self.caches, self.tokens, self.hidden, k, self.exact, given)
         self.tokens, self.hidden = block.next_token, block.hidden  # a plain block's successors; replaced after a read
@@ -459,8 +469,9 @@ class BatchEngine:
         """Some row's next step may draft by lookup, which needs this step's token on the host, so the
         plain step is not queued ahead: a row's context ends in an n-gram seen before and, priced as the
         policy prices the batch, a lookup draft at that match length (or one longer, if the repeat goes
-        on) would make the batch draft (under a fixed k: any match). As `loop.lookup_may_draft`: short
-        matches are common on ordinary text and seldom pay; each used to cost a pipelined plain step."""
+        on) would make the batch draft (under a fixed k: any match), or a row's lookup probe is due there.
+        As `loop.lookup_may_draft`: short matches are common on ordinary text and seldom pay; each used
+        to cost a pipelined plain step. Matches it declines count toward their rows' next probes."""
         if not self.lookup:
             return False
         matches = [r.lookup.index.match()[0] if r.lookup is not None else 0 for r in self.rows]
@@ -468,10 +479,17 @@ class BatchEngine:
             return False
         if self.policy.fixed is not None:
             return True
+        lengths = [{n, min(n + 1, r.lookup.max_ngram)} if n else set() for r, n in zip(self.rows, matches)]
+        if any(r.lookup.probe_due(m) for r, ms in zip(self.rows, lengths) for m in ms):
+            return True
         full = [0] * self.k_max  # the longest proposal: the most a lookup can promise at that match length
-        return any(self.policy.best([_Sources(r.seen if self.drafter is not None else None, r.lookup, full,
-                                              min(n + extra, r.lookup.max_ngram) if n else 0)
-                                     for r, n in zip(self.rows, matches)]) > 0 for extra in (0, 1))
+        if any(self.policy.best([_Sources(r.seen if self.drafter is not None else None, r.lookup, full,
+                                          min(n + extra, r.lookup.max_ngram) if n else 0)
+                                 for r, n in zip(self.rows, matches)]) > 0 for extra in (0, 1)):
+            return True
+        for r, n in zip(self.rows, matches):  # the next step is a plain one queued ahead: these matches drafted nothing
+            r.lookup.decline(n)
+        return False
 
     def close(self) -> None:
         """Finish every request (its caches are freed); the engine can take new ones."""

@@ -15,6 +15,9 @@ leave them apart, and nothing is padded to the longest row's acceptance.
   n + max_rollback tokens exactly); older columns are dropped row by row when the buffer fills, so
   memory follows the window, not the longest row's history.
 - rows join (`add_rows`, from a batch-1 prefill's own caches) and leave (`keep_rows`) between steps.
+- `bucket` (full-attention layers, MLX's CUDA backend): a verify update's span ends at a multiple of
+  `step`, as `cache.BucketedKVCache` pads a single sequence's keys: one cuDNN attention graph per
+  bucket instead of one per step. The buffer's width is kept a multiple of `step` for that.
 
 Lengths live on the host (the engine reads acceptance back once per step anyway), so building the
 next step's masks and write positions needs no device round trip.
@@ -26,14 +29,15 @@ from typing import Optional
 
 import mlx.core as mx
 
-from .cache import RollbackError, SlidingKVCache
+from .cache import BucketedKVCache, RollbackError, SlidingKVCache
 
 
 class RaggedKVCache:
     step = 256
 
-    def __init__(self, window: Optional[int] = None, max_rollback: int = 8):
+    def __init__(self, window: Optional[int] = None, max_rollback: int = 8, bucket: bool = False):
         self.window = window  # None: full attention
+        self.bucket = bool(bucket) and window is None
         self.max_rollback = int(max_rollback)
         self.keep = None if window is None else window + 1 + self.max_rollback
         self.keys: Optional[mx.array] = None
@@ -63,7 +67,7 @@ class RaggedKVCache:
                 rows.append((keys, values, c.offset, c.base))
             else:
                 rows.append((c.keys[..., : c.offset, :], c.values[..., : c.offset, :], c.offset, 0))
-        width = max([self.keys.shape[2] if self.keys is not None else 0] + [r[0].shape[2] + self.step for r in rows])
+        width = self._round(max([self.keys.shape[2] if self.keys is not None else 0] + [r[0].shape[2] + self.step for r in rows]))
         parts_k, parts_v = [], []
         if self.keys is not None:
             parts_k.append(_pad(self.keys, width))
@@ -98,7 +102,7 @@ class RaggedKVCache:
         used = self._used()
         end = max(u + N for u in used)
         if self.window is None:
-            return 0, end
+            return 0, self._round(end) if self.bucket and 1 < N <= BucketedKVCache.max_rows else end
         start = min(max(0, n - self.window + 1) - b for n, b in zip(self.lengths, self.bases))
         return max(0, start), end
 
@@ -128,8 +132,12 @@ class RaggedKVCache:
                 self.values = mx.take_along_axis(self.values, index, axis=2)
                 self.bases = [b + d for b, d in zip(self.bases, drops)]
                 used = self._used()
-        width = max(self.keys.shape[2], max(used) + N + self.step)
+        width = self._round(max(self.keys.shape[2], max(used) + N + self.step))
         self.keys, self.values = _pad(self.keys, width), _pad(self.values, width)
+
+    def _round(self, columns: int) -> int:
+        """A multiple of `step` (the buffer's width, and a bucketed span's end) or, unbucketed, as is."""
+        return -(-columns // self.step) * self.step if self.bucket else columns
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         N = keys.shape[2]

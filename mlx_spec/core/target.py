@@ -57,7 +57,7 @@ class Target:
     def make_ragged_cache(self, max_rollback: int = 8) -> list:
         """Caches for B sequences at their own positions (batch_cache.py), one per cached layer."""
         return [
-            RaggedKVCache(None if self.layer_types[i] == FULL else self.sliding_window, max_rollback)
+            RaggedKVCache(None if self.layer_types[i] == FULL else self.sliding_window, max_rollback, bucket=self.bucket_keys)
             for i in range(self.num_cached_layers)
         ]
 

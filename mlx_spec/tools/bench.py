@@ -180,7 +180,7 @@ class Bench:
         for draft in [PLAIN, *self.configs]:  # compilation, allocation, the adaptive policy's cost table
             self._once(warm, draft)
         for peer in self.peers:
-            peer_runtime.warm_up(peer, warm, self.max_tokens)
+            peer_runtime.warm_up(peer, warm, self.max_tokens, self.temp)
         for repeat in range(self.repeats):
             for index, prompt in enumerate(self.prompts):
                 plain = None
@@ -202,7 +202,7 @@ class Bench:
                         bar.update(1)
                 plain_tps = next(r.decode_tps for r in self.runs[::-1] if r.config == "plain")
                 for peer in self.peers:
-                    row = peer_runtime.record(peer, prompt["ids"], self.max_tokens, prompt["name"], repeat, plain, plain_tps)
+                    row = peer_runtime.record(peer, prompt["ids"], self.max_tokens, prompt["name"], repeat, plain, plain_tps, self.temp)
                     if row is not None:
                         self.peer_runs.setdefault(peer.name, []).append(row)
                     if bar is not None:

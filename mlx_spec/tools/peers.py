@@ -1,10 +1,13 @@
 """Same-run peers for `mlx-spec bench`: other MLX runtimes decoding the same prompt ids with the same
-target checkpoint, greedy, for the same number of tokens, timed the way our runs are.
+target checkpoint, greedy or sampled at the bench's temperature, for the same number of tokens,
+timed the way our runs are.
 
-- `mlx-lm`: mlx-lm's `generate_step` (plain greedy decoding, mlx-lm's own caches) on the target
-  module we loaded (our MoE expert probes taken off while it runs).
+- `mlx-lm`: mlx-lm's `generate_step` (plain decoding, mlx-lm's own caches and, above temperature 0,
+  its `make_sampler`) on the target module we loaded (our MoE expert probes taken off while it runs).
 - `mlx-lm-spec`: mlx-lm's `speculative_generate_step` with a separate small draft model
-  (`--peer-draft-model`, an mlx-lm model with the target's tokenizer) drafting `--peer-draft-tokens`.
+  (`--peer-draft-model`, an mlx-lm model with the target's tokenizer) drafting `--peer-draft-tokens`;
+  above temperature 0 its acceptance is mlx-lm's (a draft is kept when the target's sampled token
+  equals it), not rejection sampling.
   It is given plain `KVCache`s: mlx-lm's default `RotatingKVCache` on Gemma 4's sliding layers
   passes mlx-lm's "trimmable" check while empty but cannot be rolled back once it wraps, and the
   output then leaves the greedy sequence. Sliding layers still see only their window (the mask).
@@ -12,7 +15,7 @@ target checkpoint, greedy, for the same number of tokens, timed the way our runs
   the `gemma4_assistant` drafter, draft kind "mtp", its default block size) on the same target and
   drafter folders, loaded by mlx-vlm (a second copy of the weights).
 
-A peer is one job: `run(ids, max_tokens)` returns the tokens and timings (`PeerRun`). One that cannot
+A peer is one job: `run(ids, max_tokens, temp)` returns the tokens and timings (`PeerRun`). One that cannot
 run keeps status "skipped" and says why (package missing, no draft model, incompatible checkpoint,
 or the exception its warm-up raised).
 """
@@ -93,7 +96,7 @@ class Peer:
         self.reason = reason
         return self
 
-    def run(self, ids: list[int], max_tokens: int) -> PeerRun:
+    def run(self, ids: list[int], max_tokens: int, temp: float = 0.0) -> PeerRun:
         raise NotImplementedError
 
     def info(self) -> dict:
@@ -104,17 +107,17 @@ class Peer:
 
 class MlxLmPlain(Peer):
     name = "mlx-lm"
-    description = "mlx-lm generate_step, greedy, mlx-lm's own caches"
+    description = "mlx-lm generate_step, mlx-lm's own caches"
 
     def __init__(self, module):
         super().__init__()
         self.module = module
         self.package = f"mlx-lm {_version('mlx-lm')}"
 
-    def run(self, ids, max_tokens):
+    def run(self, ids, max_tokens, temp=0.0):
         from mlx_lm.generate import generate_step
 
-        tokens, _, first, total = _timed(generate_step(mx.array(ids), self.module, max_tokens=max_tokens))
+        tokens, _, first, total = _timed(generate_step(mx.array(ids), self.module, max_tokens=max_tokens, sampler=_sampler(temp)))
         return PeerRun(tokens, first, len(tokens) - 1, total - first, mx.get_peak_memory() / 1e9)
 
 
@@ -149,7 +152,7 @@ def _load_mlx_lm_model(path: str):
 
 class MlxLmSpeculative(Peer):
     name = "mlx-lm-spec"
-    description = "mlx-lm speculative_generate_step with a separate draft model, greedy"
+    description = "mlx-lm speculative_generate_step with a separate draft model"
 
     def __init__(self, module, tokenizer, draft_model: str | None, draft_tokens: int = 3):
         super().__init__()
@@ -175,13 +178,13 @@ class MlxLmSpeculative(Peer):
         cached = len(module.make_cache()) if hasattr(module, "make_cache") else len(module.layers)
         self.target = module if cached == len(module.layers) else _CachedLayers(module, cached)
 
-    def run(self, ids, max_tokens):
+    def run(self, ids, max_tokens, temp=0.0):
         from mlx_lm.generate import speculative_generate_step
 
         k = self.draft_tokens
         caches = _trimmable_caches(self.module) + _trimmable_caches(self.draft)
         stream = speculative_generate_step(mx.array(ids), self.target, self.draft, num_draft_tokens=k,
-                                           max_tokens=max_tokens, prompt_cache=caches)
+                                           max_tokens=max_tokens, prompt_cache=caches, sampler=_sampler(temp))
         tokens, from_draft, first, total = _timed((t, d) for t, _, d in stream)
         # Rounds as mlx-lm runs them: each drafts min(k, tokens left), yields its accepted drafts, then
         # (unless max_tokens cut it) the target's own token.
@@ -202,7 +205,7 @@ class MlxLmSpeculative(Peer):
 
 class MlxVlmMtp(Peer):
     name = "mlx-vlm"
-    description = "mlx-vlm Gemma 4 MTP speculative decoding (gemma4_assistant drafter, draft kind mtp), greedy"
+    description = "mlx-vlm Gemma 4 MTP speculative decoding (gemma4_assistant drafter, draft kind mtp)"
 
     def __init__(self, target_path: Path, drafter_path: Path | None):
         super().__init__()
@@ -233,12 +236,12 @@ class MlxVlmMtp(Peer):
         except Exception as e:  # noqa: BLE001 - a peer's failure is reported, never fatal
             self.skip(f"mlx-vlm {version} could not load the target or drafter ({_short(e)}){self.hint}")
 
-    def run(self, ids, max_tokens):
+    def run(self, ids, max_tokens, temp=0.0):
         from mlx_vlm.generate.ar import generate_step
         from mlx_vlm.speculative.common import speculative_stats_snapshot
 
         before = speculative_stats_snapshot(self.drafter)
-        stream = generate_step(mx.array([ids]), self.model, None, None, max_tokens=max_tokens, temperature=0.0,
+        stream = generate_step(mx.array([ids]), self.model, None, None, max_tokens=max_tokens, temperature=temp,
                                draft_model=self.drafter, draft_kind=self.kind)
         tokens, _, first, total = _timed(stream)
         rounds, accepted, drafted = (b - a for a, b in zip(before, speculative_stats_snapshot(self.drafter)))
@@ -267,30 +270,40 @@ def make_peers(names: list[str], model, tokenizer, draft_model: str | None = Non
     return [build[name]() for name in names]
 
 
-def warm_up(peer: Peer, ids: list[int], max_tokens: int) -> None:
+def _sampler(temp: float):
+    """mlx-lm's sampler for a temperature (None: its greedy argmax)."""
+    if temp <= 0:
+        return None
+    from mlx_lm.sample_utils import make_sampler
+
+    return make_sampler(temp)
+
+
+def warm_up(peer: Peer, ids: list[int], max_tokens: int, temp: float = 0.0) -> None:
     """One unmeasured run; a peer that fails here is skipped with the error as its reason."""
     if peer.reason:
         return
     try:
-        peer.run(ids, max_tokens)
+        peer.run(ids, max_tokens, temp)
     except Exception as e:  # noqa: BLE001 - a peer's failure is reported, never fatal
         peer.skip(f"{peer.package or peer.name} failed on this checkpoint ({_short(e)}){peer.hint}")
 
 
 def record(peer: Peer, ids: list[int], max_tokens: int, prompt: str, repeat: int, plain_tokens: list[int],
-           plain_decode_tps: float) -> dict | None:
-    """Run the peer once, measured; its numbers beside our plain run of the same prompt and repeat."""
+           plain_decode_tps: float, temp: float = 0.0) -> dict | None:
+    """Run the peer once, measured; its numbers beside our plain run of the same prompt and repeat
+    (its tokens compared with ours only when greedy: sampled runs differ by design)."""
     if peer.reason:
         return None
     try:
-        r = peer.run(ids, max_tokens)
+        r = peer.run(ids, max_tokens, temp)
     except Exception as e:  # noqa: BLE001
         peer.skip(f"{peer.package or peer.name} failed during the measured runs ({_short(e)}){peer.hint}")
         return None
     decode_tps = max(0, r.decode_tokens) / max(1e-9, r.decode_seconds)
     return {"prompt": prompt, "repeat": repeat, "tokens": len(r.tokens),
             "prefill_tps": len(ids) / max(1e-9, r.first_token_seconds), "decode_tps": decode_tps,
-            "speedup_vs_our_plain": decode_tps / plain_decode_tps, "same_as_our_plain": r.tokens == plain_tokens,
+            "speedup_vs_our_plain": decode_tps / plain_decode_tps, "same_as_our_plain": r.tokens == plain_tokens if temp <= 0 else None,
             "drafted": r.drafted, "accepted": r.accepted, "verify_steps": r.verify_steps,
             "peak_memory_gb": r.peak_memory_gb}
 
@@ -307,7 +320,7 @@ def summarize(peer: Peer, runs: list[dict]) -> dict:
         "speedup_vs_our_plain": mean,
         "speedup_vs_our_plain_ci95": half,
         "tokens_per_run": sorted({r["tokens"] for r in runs}),
-        "same_as_our_plain": all(r["same_as_our_plain"] for r in runs),
+        "same_as_our_plain": None if any(r["same_as_our_plain"] is None for r in runs) else all(r["same_as_our_plain"] for r in runs),
         "acceptance": accepted / drafted if drafted else None,
         "mean_accepted_length": 1 + accepted / steps if steps else None,
         "peak_memory_gb": max(r["peak_memory_gb"] for r in runs),
@@ -335,6 +348,6 @@ def markdown_lines(rows: list[dict]) -> list[str]:
         acc = "-" if r["acceptance"] is None else f"{r['acceptance']:.2f}"
         length = "-" if r["mean_accepted_length"] is None else f"{r['mean_accepted_length']:.2f}"
         lines.append(f"| {r['name']} | ran | {r['decode_tps']:.1f} | {r['prefill_tps']:.1f} | {r['speedup_vs_our_plain']:.2f}{ci} | "
-                     f"{acc} | {length} | {'yes' if r['same_as_our_plain'] else 'NO'} | {r['peak_memory_gb']:.3f} | "
+                     f"{acc} | {length} | {'-' if r['same_as_our_plain'] is None else 'yes' if r['same_as_our_plain'] else 'NO'} | {r['peak_memory_gb']:.3f} | "
                      f"{what}{'; ' + r['note'] if r['note'] else ''} |")
     return lines
