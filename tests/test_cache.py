@@ -13,28 +13,35 @@ from mlx_spec.core.cache import BucketedKVCache, RollbackError, SlidingKVCache
 W = 8
 
 
-def reference_attention(q, keys, values, positions_q, positions_k):
+def reference_attention(q, keys, values, positions_q, positions_k, window=W):
     """Windowed causal attention computed from the full history."""
-    mask = (positions_k[None] <= positions_q[:, None]) & (positions_k[None] > positions_q[:, None] - W)
+    mask = (positions_k[None] <= positions_q[:, None]) & (positions_k[None] > positions_q[:, None] - window)
     return mx.fast.scaled_dot_product_attention(q, keys, values, scale=1.0, mask=mask)
 
 
-def test_matches_full_history_through_random_updates_and_rollbacks():
+@pytest.mark.parametrize("window,bucket", ((W, False), (W, True), (300, True)))
+def test_matches_full_history_through_random_updates_and_rollbacks(window, bucket):
+    """Bucketed (MLX's CUDA backend): until the window fills, verify blocks read keys padded to a
+    multiple of 256 (masked); a window of 300 keeps that up for ~100 steps, then reads are exact."""
     rng = np.random.RandomState(0)
-    cache = SlidingKVCache(W, max_rollback=8)
+    cache = SlidingKVCache(window, max_rollback=8, bucket=bucket)
     history_k, history_v = [], []  # the "true" accepted sequence
-    for step in range(120):  # ~15 windows
+    padded = 0
+    for step in range(120 if window == W else 240):  # ~15 windows, or across the filling of a long one
         n = int(rng.randint(1, 9))
         k = mx.array(rng.standard_normal((1, 2, n, 4)).astype(np.float32))
         v = mx.array(rng.standard_normal((1, 2, n, 4)).astype(np.float32))
         q = mx.array(rng.standard_normal((1, 2, n, 4)).astype(np.float32))
-        mask = cache.make_mask(n, window_size=W)
+        mask = cache.make_mask(n, window_size=window)
         start = cache.offset
         keys, values = cache.update_and_fetch(k, v)
+        if bucket and n > 1 and start + n <= window:
+            assert keys.shape[2] % 256 == 0
+            padded += 1
         out = scaled_dot_product_attention(q, keys, values, cache=cache, scale=1.0, mask=mask)
         all_k = mx.concatenate(history_k + [k], axis=2)
         all_v = mx.concatenate(history_v + [v], axis=2)
-        ref = reference_attention(q, all_k, all_v, mx.arange(start, start + n), mx.arange(all_k.shape[2]))
+        ref = reference_attention(q, all_k, all_v, mx.arange(start, start + n), mx.arange(all_k.shape[2]), window)
         assert float(mx.abs(out - ref).max()) < 1e-5, step
         keep = int(rng.randint(1, n + 1))  # accept a prefix, roll back the rest
         cache.trim(n - keep)
@@ -42,9 +49,10 @@ def test_matches_full_history_through_random_updates_and_rollbacks():
         history_v.append(v[:, :, :keep])
         assert cache.offset == sum(h.shape[2] for h in history_k)
         # what the drafter reads: the newest W + 1 accepted keys
-        recent_k, _ = cache.recent(W + 1)
-        truth = mx.concatenate(history_k, axis=2)[:, :, -(W + 1):]
+        recent_k, _ = cache.recent(window + 1)
+        truth = mx.concatenate(history_k, axis=2)[:, :, -(window + 1):]
         assert mx.array_equal(recent_k, truth)
+    assert cache.offset > window + 100 and (padded > 20 or window == W)
 
 
 def test_bucketed_cache_pads_verify_keys_and_attends_exactly():
@@ -55,7 +63,7 @@ def test_bucketed_cache_pads_verify_keys_and_attends_exactly():
     history_k, history_v = [], []
     lengths = set()
     for step in range(150):
-        n = int(rng.choice([1, 1, 2, 5, 9, 16, 17, 40]))  # decodes, verify blocks, prefill-sized chunks
+        n = int(rng.choice([1, 1, 2, 5, 9, 16, 33, 34, 40]))  # decodes, verify blocks, prefill-sized chunks
         k, v, q = (mx.array(rng.standard_normal((1, 2, n, 4)).astype(np.float32)) for _ in range(3))
         mask = cache.make_mask(n, return_array=False)
         start = cache.offset
@@ -100,6 +108,40 @@ def test_mlx_lm_rotating_cache_stops_trimming_after_wrap():
         for c in ours:
             c.update_and_fetch(mx.zeros((1, 1, 1, 4)), mx.zeros((1, 1, 1, 4)))
     assert trim_prompt_cache(ours, 3) == 3 and ours[0].offset == 3 * W - 3
+
+
+@pytest.mark.parametrize("window", (None, 8, 300))
+def test_bucketed_ragged_cache_attends_as_the_exact_one(window):
+    """Batched rows at their own positions, random verify blocks and per-row rollbacks: the bucketed
+    cache (spans on multiples of 256, the rest masked) gives the exact cache's attention, row by row."""
+    from mlx_spec.core.batch_cache import RaggedKVCache
+
+    rng = np.random.RandomState(2)
+    caches = [RaggedKVCache(window, max_rollback=8, bucket=b) for b in (False, True)]
+    rows = []
+    for length in (5, 40, 300):
+        c = SlidingKVCache(window, max_rollback=8) if window else KVCache()
+        c.update_and_fetch(*(mx.array(rng.standard_normal((1, 2, length, 4)).astype(np.float32)) for _ in range(2)))
+        rows.append(c)
+    for cache in caches:
+        cache.add_rows(rows)
+    spans = set()
+    for step in range(80):
+        n = int(rng.choice([1, 2, 4, 9]))
+        k, v, q = (mx.array(rng.standard_normal((3, 2, n, 4)).astype(np.float32)) for _ in range(3))
+        outs = []
+        for cache in caches:
+            mask = cache.make_mask(n)
+            keys, values = cache.update_and_fetch(k, v)
+            outs.append(scaled_dot_product_attention(q, keys, values, cache=None, scale=1.0, mask=mask))
+            if cache.bucket and n > 1:
+                spans.add(keys.shape[2])
+                assert keys.shape[2] % 256 == 0
+        assert float(mx.abs(outs[0] - outs[1]).max()) < 1e-5, step
+        trims = [int(rng.randint(0, n)) for _ in range(3)]
+        for cache in caches:
+            cache.trim_rows(trims)
+    assert spans
 
 
 def test_bucketed_ragged_span_ends_on_a_bucket_and_masks_the_rest():

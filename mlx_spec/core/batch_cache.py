@@ -15,9 +15,10 @@ leave them apart, and nothing is padded to the longest row's acceptance.
   n + max_rollback tokens exactly); older columns are dropped row by row when the buffer fills, so
   memory follows the window, not the longest row's history.
 - rows join (`add_rows`, from a batch-1 prefill's own caches) and leave (`keep_rows`) between steps.
-- `bucket` (full-attention layers, MLX's CUDA backend): a verify update's span ends at a multiple of
-  `step`, as `cache.BucketedKVCache` pads a single sequence's keys: one cuDNN attention graph per
-  bucket instead of one per step. The buffer's width is kept a multiple of `step` for that.
+- `bucket` (MLX's CUDA backend): a verify update's span starts and ends at multiples of `step` (the
+  extra columns are masked), as `cache.BucketedKVCache` pads a single sequence's keys: one cuDNN
+  attention graph serves many steps instead of one per step (rows at their own positions move a
+  sliding span's length every step). The buffer's width is kept a multiple of `step` for that.
 
 Lengths live on the host (the engine reads acceptance back once per step anyway), so building the
 next step's masks and write positions needs no device round trip.
@@ -37,7 +38,7 @@ class RaggedKVCache:
 
     def __init__(self, window: Optional[int] = None, max_rollback: int = 8, bucket: bool = False):
         self.window = window  # None: full attention
-        self.bucket = bool(bucket) and window is None
+        self.bucket = bool(bucket)
         self.max_rollback = int(max_rollback)
         self.keep = None if window is None else window + 1 + self.max_rollback
         self.keys: Optional[mx.array] = None
@@ -101,10 +102,10 @@ class RaggedKVCache:
         """Columns [start, end) the next N-token update returns: every row's visible keys."""
         used = self._used()
         end = max(u + N for u in used)
-        if self.window is None:
-            return 0, self._round(end) if self.bucket and 1 < N <= BucketedKVCache.max_rows else end
-        start = min(max(0, n - self.window + 1) - b for n, b in zip(self.lengths, self.bases))
-        return max(0, start), end
+        start = 0 if self.window is None else max(0, min(max(0, n - self.window + 1) - b for n, b in zip(self.lengths, self.bases)))
+        if self.bucket and 1 < N <= BucketedKVCache.max_rows:  # columns outside a row's keys are masked
+            return start - start % self.step, self._round(end)
+        return start, end
 
     def make_mask(self, N: int, window_size: Optional[int] = None, return_array: bool = False, **kwargs) -> mx.array:
         # The model asks for the mask before the update: make room first (it may drop old columns,

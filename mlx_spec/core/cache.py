@@ -23,6 +23,8 @@ from typing import Optional
 import mlx.core as mx
 from mlx_lm.models.cache import KVCache
 
+from .settings import MAX_DRAFT_TOKENS
+
 
 class RollbackError(RuntimeError):
     """A cache was asked to forget more tokens than it can restore."""
@@ -37,9 +39,13 @@ class SlidingKVCache:
 
     step = 256
 
-    def __init__(self, sliding_window: int, max_rollback: int = 8):
+    def __init__(self, sliding_window: int, max_rollback: int = 8, bucket: bool = False):
         self.window = int(sliding_window)
         self.max_rollback = int(max_rollback)
+        # MLX's CUDA backend (see BucketedKVCache): until the window has filled, a verify block's keys
+        # grow every step; padded to a multiple of `step` (masked), one attention graph serves many
+        # steps. Past that, the block reads window + N - 1 keys every step: one graph already.
+        self.bucket = bool(bucket)
         self.keep = self.window + 1 + self.max_rollback
         self.keys: Optional[mx.array] = None
         self.values: Optional[mx.array] = None
@@ -51,26 +57,33 @@ class SlidingKVCache:
         """Oldest position any query of the next update can attend to."""
         return max(0, self.offset - self.window + 1)
 
+    def _padding(self, n: int) -> int:
+        """Masked columns an n-token update returns after its keys (bucketing, until the window fills)."""
+        if self.bucket and 1 < n <= BucketedKVCache.max_rows and self._first_visible() == 0:
+            return -(self.offset + n) % self.step
+        return 0
+
     def make_mask(self, N: int, window_size: Optional[int] = None, return_array: bool = False, **kwargs):
         if N == 1 and not return_array:
             return None  # one query: every returned key lies in its window
         start = self._first_visible()
         q = mx.arange(self.offset, self.offset + N)[:, None]
-        k = mx.arange(start, self.offset + N)[None]
+        k = mx.arange(start, self.offset + N + self._padding(N))[None]
         return (k <= q) & (k > q - self.window)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         n = keys.shape[2]
         used = self.offset - self.base
+        pad = self._padding(n)
         if self.keys is None:
             B, H, _, Dk = keys.shape
-            capacity = max(self.keep, n) + self.step
+            capacity = max(self.keep, n + pad) + self.step
             self.keys = mx.zeros((B, H, capacity, Dk), keys.dtype)
             self.values = mx.zeros((B, H, capacity, values.shape[3]), values.dtype)
-        elif used + n > self.keys.shape[2]:
+        elif used + n + pad > self.keys.shape[2]:
             # Drop keys older than the newest `keep` and make room (amortised: once per `step` tokens).
             drop = max(0, used - self.keep)
-            capacity = max(self.keys.shape[2], used - drop + n + self.step)
+            capacity = max(self.keys.shape[2], used - drop + n + pad + self.step)
             grow = capacity - (used - drop)
             B, H, _, Dk = self.keys.shape
             self.keys = mx.concatenate([self.keys[..., drop:used, :], mx.zeros((B, H, grow, Dk), keys.dtype)], axis=2)
@@ -83,7 +96,7 @@ class SlidingKVCache:
         self.keys[..., used : used + n, :] = keys
         self.values[..., used : used + n, :] = values
         self.offset += n
-        end = self.offset - self.base
+        end = self.offset - self.base + pad
         return self.keys[..., start:end, :], self.values[..., start:end, :]
 
     # -- rollback -------------------------------------------------------------------------------
@@ -129,8 +142,9 @@ class SlidingKVCache:
 
 
 class BucketedKVCache(KVCache):
-    """mlx-lm's `KVCache` whose multi-token reads (a verify block: 2 to `max_rows` tokens) see keys
-    padded up to a multiple of `bucket`, with an array mask hiding the padding.
+    """mlx-lm's `KVCache` whose multi-token reads (a verify block: 2 to `max_rows` tokens, the longest
+    block settings allow) see keys padded up to a multiple of `bucket`, with an array mask hiding the
+    padding.
 
     Why: MLX's CUDA backend runs a causal attention of more than one query row in half precision
     through cuDNN, whose graph cache is keyed on the exact key length, and builds a new graph on the
@@ -140,7 +154,7 @@ class BucketedKVCache(KVCache):
     """
 
     bucket = KVCache.step
-    max_rows = 16
+    max_rows = MAX_DRAFT_TOKENS + 1
 
     def _padded(self, n: int) -> int:
         return -(-(self.offset + n) // self.bucket) * self.bucket

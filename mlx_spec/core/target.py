@@ -50,7 +50,7 @@ class Target:
         """Caches that can roll back a rejected block of up to `max_rollback` drafts (see cache.py)."""
         full = BucketedKVCache if self.bucket_keys else KVCache
         return [
-            full() if self.layer_types[i] == FULL else SlidingKVCache(self.sliding_window, max_rollback)
+            full() if self.layer_types[i] == FULL else SlidingKVCache(self.sliding_window, max_rollback, bucket=self.bucket_keys)
             for i in range(self.num_cached_layers)
         ]
 
