@@ -2,7 +2,7 @@
 """What prompt lookup alone can buy on the category prompts, greedy and sampled: a model, exact in law.
 
     LD_PRELOAD=... python bench/lookup_ceiling.py --model TARGET [--prompts mlx_spec/tools/prompts/categories.jsonl]
-        [--max-tokens 96] [--temps 0,0.7] [--seeds 1,2,3] [--continuations FILE] [--out NAME]
+        [--max-tokens 96] [--temps 0,0.7] [--seeds 1,2,3] [--k-max 8[,16]] [--continuations FILE] [--out NAME]
 
 A lookup draft is deterministic given the context (q one-hot), so under rejection sampling it is
 accepted exactly when the target's own sample agrees with it: drawing the reply y by plain sampling
@@ -17,7 +17,7 @@ verify-only table measured here (loop.measure_step_costs, the sampling strategy'
 and a plain step before a lookup step costs `--switch` more (it could not be pipelined). The modeled
 speedup of a reply is its plain time over that. The rule is not the adaptive policy (which also
 declines unpromising matches); it shows how much of a category's text copies its context, reply by
-reply.
+reply. Several `--k-max` values are modeled on one measured cost table (a column each).
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import argparse
 import json
 import platform
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 import mlx.core as mx
@@ -72,11 +71,12 @@ def main(argv=None) -> int:
     parser.add_argument("--max-tokens", type=int, default=96)
     parser.add_argument("--temps", default="0,0.7")
     parser.add_argument("--seeds", default="1,2,3", help="sampled replies per prompt at each temperature > 0")
-    parser.add_argument("--k-max", type=int, default=8)
+    parser.add_argument("--k-max", default="8", help="longest lookup draft; a list (8,16) models each on one cost table")
     parser.add_argument("--switch", type=float, default=0.3, help="extra cost, in plain steps, of a plain step before a lookup step")
     parser.add_argument("--continuations", help="JSON cache of the plain replies (generated when missing)")
     parser.add_argument("--out", help="write NAME.json and NAME.md")
     args = parser.parse_args(argv)
+    k_maxes = [int(k) for k in str(args.k_max).split(",")]
 
     pair = load_pair(args.model, args.drafter)
     tokenizer = load_tokenizer(pair.target.path, pair.target.config)
@@ -100,24 +100,30 @@ def main(argv=None) -> int:
     lines = [f"Prompt lookup alone, modeled from plain replies (exact in law; bench/lookup_ceiling.py), {args.model}, "
              f"{args.max_tokens} tokens, k_max {args.k_max}, switch {args.switch}; {platform.machine()} {platform.system()}, "
              f"mlx {mx.__version__}", ""]
-    results = {"model": args.model, "max_tokens": args.max_tokens, "k_max": args.k_max, "switch": args.switch, "temps": {}}
+    results = {"model": args.model, "max_tokens": args.max_tokens, "k_max": k_maxes[0], "switch": args.switch, "temps": {}}
     for temp in temps:
         strategy = make_strategy(SamplingSettings(temp=temp, seed=0))
-        table = measure_step_costs(pair.adapter, None, args.k_max, strategy, repeats=15).measured
+        table = measure_step_costs(pair.adapter, None, max(k_maxes), strategy, repeats=15).measured
         cost = [t / table[0] for t in table]
-        runs = [dict(name=r["name"], category=r["category"], seed=r["seed"],
-                     speedup=modeled_speedup(r["prompt"], r["tokens"], cost, args.switch, args.k_max)[0])
-                for r in replies if r["temp"] == temp]
-        by_category = defaultdict(list)
-        for r in runs:
-            by_category[r["category"]].append(r["speedup"])
-        all_runs = [r["speedup"] for r in runs]
-        results["temps"][str(temp)] = {"verify_only_cost": cost, "runs": runs}
+        by_k = {}
+        for k_max in k_maxes:
+            by_k[k_max] = [dict(name=r["name"], category=r["category"], seed=r["seed"],
+                                speedup=modeled_speedup(r["prompt"], r["tokens"], cost, args.switch, k_max)[0])
+                           for r in replies if r["temp"] == temp]
+        runs = by_k[k_maxes[0]]
+        categories = sorted({r["category"] for r in runs})
+        results["temps"][str(temp)] = {"verify_only_cost": cost, "runs": runs,
+                                       **({"runs_by_k_max": {str(k): v for k, v in by_k.items()}} if len(k_maxes) > 1 else {})}
+        head = " | ".join(f"mean (k_max {k}) | median reply | best reply" for k in k_maxes)
         lines += [f"temperature {temp}: {len(runs)} replies; verify-only step cost by k (plain = 1): "
                   + " ".join(f"{c:.2f}" for c in cost), "",
-                  "| category | replies | mean modeled speedup | median reply | best reply |", "| --- | --- | --- | --- | --- |"]
-        for name, values in sorted(by_category.items()) + [("all", all_runs)]:
-            lines.append(f"| {name} | {len(values)} | {np.mean(values):.2f} | {np.median(values):.2f} | {max(values):.2f} |")
+                  f"| category | replies | {head} |", "| --- | --- |" + " --- | --- | --- |" * len(k_maxes)]
+        for name in categories + ["all"]:
+            cells = []
+            for k_max in k_maxes:
+                values = [r["speedup"] for r in by_k[k_max] if name == "all" or r["category"] == name]
+                cells.append(f"{np.mean(values):.2f} | {np.median(values):.2f} | {max(values):.2f}")
+            lines.append(f"| {name} | {len(values)} | " + " | ".join(cells) + " |")
         lines.append("")
     text = "\n".join(lines)
     print(text)

@@ -45,7 +45,7 @@ class ChatSession:
         self.reset()
 
     def _new_cache(self) -> list:
-        return self.model.adapter.make_cache(max_rollback=max(1, self.draft.k_max))
+        return self.model.adapter.make_cache(max_rollback=max(1, self.draft.block_max))
 
     def reset(self) -> None:
         """Forget the conversation."""

@@ -70,23 +70,23 @@ def verify_costs(model: SpeculativeModel, sampling: SamplingSettings, draft: Dra
     """Step costs of verifying k drafts proposed on the host (prompt lookup: no drafter forward),
     measured once per model and settings kind (bytes when seeded, as `policy_for`)."""
     if sampling.seed is not None:
-        return byte_costs(model.adapter, None, draft.k_max)
-    key = ("verify", sampling.greedy, draft.exact_verify, draft.k_max)
+        return byte_costs(model.adapter, None, draft.lookup_k_max)
+    key = ("verify", sampling.greedy, draft.exact_verify, draft.lookup_k_max)
     costs = model.costs.get(key)
     if costs is None or costs.stale:
         measuring = make_strategy(replace(sampling, seed=0))
-        costs = model.costs[key] = measure_step_costs(model.adapter, None, draft.k_max, measuring, draft.exact_verify)
+        costs = model.costs[key] = measure_step_costs(model.adapter, None, draft.lookup_k_max, measuring, draft.exact_verify)
     return costs
 
 
 def lookup_for(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings) -> Optional[Lookup]:
     """A fresh prompt-lookup drafter for one generation (None when lookup is off), starting from the
     acceptance per match length the last generation of this kind learned (not when seeded)."""
-    if not draft.lookup or draft.k_max == 0:
+    if not draft.lookup or draft.lookup_k_max == 0:
         return None
-    lookup = Lookup(draft.k_max, costs=verify_costs(model, sampling, draft) if draft.adaptive else None)
+    lookup = Lookup(draft.lookup_k_max, costs=verify_costs(model, sampling, draft) if draft.adaptive else None)
     if sampling.seed is None:
-        key = ("lookup", sampling.greedy, draft.k_max)
+        key = ("lookup", sampling.greedy, draft.lookup_k_max)
         if key in model.policies:
             lookup.remember(model.policies[key])
         model.policies[key] = lookup
@@ -150,6 +150,7 @@ def stream_generate(
     max_draft_tokens: int = 8,
     exact_verify: bool = False,
     lookup: bool = False,
+    max_lookup_tokens: int = 16,
     temp: float = 0.0,
     top_p: float = 0.0,
     top_k: int = 0,
@@ -175,13 +176,13 @@ def stream_generate(
     draft_tokens: "auto" (adaptive, up to max_draft_tokens; may choose plain decoding) or a fixed k
     (0: plain decoding through the same loop). exact_verify: greedy output bit-identical to plain
     decoding on any backend (see README). lookup: prompt-lookup drafting beside the MTP drafter (load
-    with drafter="lookup" for lookup alone). logit_bias ({token id: bias}), the penalties and their
+    with drafter="lookup" for lookup alone); adaptive, its drafts run up to max_lookup_tokens. logit_bias ({token id: bias}), the penalties and their
     context sizes, and `logits_processors` (mlx-lm-style callables) as mlx-lm's make_logits_processors /
     generate_step define them, applied at every drafted position. `sampling` / `draft` / `processors`
     objects replace the keywords.
     """
     sampling = sampling or SamplingSettings(temp=temp, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed)
-    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify, lookup)
+    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify, lookup, max_lookup_tokens=max_lookup_tokens)
     processors = processor_settings(processors, logits_processors, logit_bias=logit_bias, repetition_penalty=repetition_penalty,
                                     repetition_context_size=repetition_context_size, presence_penalty=presence_penalty,
                                     presence_context_size=presence_context_size, frequency_penalty=frequency_penalty,
@@ -327,6 +328,7 @@ def batch_generate(
     max_draft_tokens: int = 8,
     exact_verify: bool = False,
     lookup: bool = False,
+    max_lookup_tokens: int = 16,
     ignore_eos: bool = False,
     max_context: Optional[int] = None,
     sampling: Optional[Union[SamplingSettings, Sequence[SamplingSettings]]] = None,
@@ -363,7 +365,7 @@ def batch_generate(
                                         presence_context_size=presence_context_size, frequency_penalty=frequency_penalty,
                                         frequency_context_size=frequency_context_size)
     processed = [processors_for(model, p) for p in _per_prompt(processors, n, "processors")]
-    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify, lookup)
+    draft = draft or DraftSettings(draft_tokens, max_draft_tokens, exact_verify, lookup, max_lookup_tokens=max_lookup_tokens)
     drafter = drafter if drafter is not None else model.draft_model
     if draft.k_max == 0 or not draft.mtp:
         drafter = None

@@ -171,8 +171,8 @@ def test_plain_steps_stay_pipelined_unless_lookup_may_pay():
 def test_a_match_length_whose_estimate_says_no_is_probed_and_can_recover():
     """Lookup estimates move only when lookup drafts are verified: one learned low elsewhere (and
     remembered) is still drafted PROBE_DRAFTS long after PROBE_EVERY declined matches at its length,
-    twice as late after each probe in a row that failed (up to 8x), and accepted probes bring the long
-    drafts back."""
+    twice as late after each probe in a row that failed (up to 8x); a probe accepted whole makes the
+    next match a probe at once, and accepted drafts bring the long drafts back."""
     from mlx_spec.core.loop import lookup_may_draft
     from mlx_spec.core.lookup import PROBE_DRAFTS, PROBE_EVERY
 
@@ -201,10 +201,13 @@ def test_a_match_length_whose_estimate_says_no_is_probed_and_can_recover():
         earlier.update(3, 4, 0)  # a whole generation of failed lookup drafts: probed 8x as rarely
     lookup = Lookup(4, costs=table)
     lookup.remember(earlier)
+    low(lookup)  # (forty failures fade fast under LOOKUP_DECAY: the estimate alone would try a cheap k = 1 again)
     assert steps_to_probe(lookup) == (8 * PROBE_EVERY, PROBE_DRAFTS)
-    for _ in range(6):  # probes accepted: the estimate recovers, lookup pays again on its own merit
+    lookup.update(3, PROBE_DRAFTS, PROBE_DRAFTS)  # a probe accepted whole: a copy may have begun, the next match probes at once
+    assert steps_to_probe(lookup) == (0, PROBE_DRAFTS)
+    for _ in range(5):  # and so on while they are accepted, the estimate recovering fast (LOOKUP_DECAY)
         lookup.update(3, PROBE_DRAFTS, PROBE_DRAFTS)
-    assert not lookup.probe_due(3) and lookup_length(policy, lookup, proposal, 3, 0, mtp=True) == PROBE_DRAFTS
+        assert lookup.probe_due(3)
     for _ in range(30):  # and longer drafts, as they are accepted
         lookup.update(3, 4, 4)
     assert lookup_length(policy, lookup, proposal, 3, 0, mtp=True) == 4
@@ -256,6 +259,26 @@ def test_batched_plain_steps_stay_pipelined_unless_lookup_may_pay():
     e = engine()
     e.rows = e.rows[:1]  # no row repeats itself
     assert not BatchEngine._lookup_may_draft(e)
+
+
+def test_adaptive_lookup_drafts_run_past_the_mtp_drafters_longest(pairs):
+    """max_lookup_tokens bounds lookup drafts apart from max_draft_tokens (a copy costs no drafter
+    forward and an edited text keeps matching far ahead): on a reply that copies its context they run
+    past the MTP drafter's longest, losslessly, and caches keep rollback slack for the longest block."""
+    from mlx_spec.core.settings import DraftSettings
+    from mlx_spec.generate import decode
+
+    pair = pairs["dense"]
+    target = pair.adapter
+    prompt = repetitive_prompt(target)
+    plain, margins = plain_reference(target, prompt, 120)
+    draft = DraftSettings("auto", max_draft_tokens=3, lookup=True, max_lookup_tokens=12)
+    assert (draft.k_max, draft.lookup_k_max, draft.block_max) == (3, 12, 12)
+    stats = SpecStats()
+    out = [t for t, _ in decode(pair, prompt, SamplingSettings(), draft, max_tokens=120, stats=stats)]
+    check_lossless(out, plain, margins, "long lookup drafts", tolerance=tolerance_for(target))
+    assert max(len(d) for d in stats.drafts_per_step) > 3 and stats.lookup_accepted > 3
+    assert DraftSettings(4, lookup=True).block_max == 4  # a fixed k drafts k from either source
 
 
 def test_batched_rows_probe_a_match_length_whose_estimate_says_no(pairs, monkeypatch):

@@ -256,11 +256,12 @@ def speculative_generate_step(
         raise MlxSpecError(f"the prompt has {len(prompt)} tokens, the model's context is {max_context}: shorten the prompt.")
     if max_tokens <= 0:
         return
+    block_max = max(policy.k_max, lookup.k_max if lookup is not None else 0)  # the longest block either source drafts
     if cache is None:
-        cache = target.make_cache(max_rollback=max(policy.k_max, 1))
-    elif rollback_slack(cache) < policy.k_max:
-        raise MlxSpecError(f"this cache can roll back {rollback_slack(cache)} drafts but up to {policy.k_max} may be drafted: "
-                           f"make it with target.make_cache(max_rollback={policy.k_max}).")
+        cache = target.make_cache(max_rollback=max(block_max, 1))
+    elif rollback_slack(cache) < block_max:
+        raise MlxSpecError(f"this cache can roll back {rollback_slack(cache)} drafts but up to {block_max} may be drafted: "
+                           f"make it with target.make_cache(max_rollback={block_max}).")
     base = target_position(cache)
     if base + len(prompt) >= max_context:
         raise MlxSpecError(f"the conversation has {base + len(prompt)} tokens, the model's context is {max_context}: start a new one.")

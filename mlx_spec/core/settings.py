@@ -144,13 +144,16 @@ class DraftSettings:
     draft with the same 1-row forward plain decoding runs, so greedy output equals plain greedy
     decoding bit for bit on any backend (costs the speedup, see README). lookup: also draft by
     prompt lookup (copying what followed the context's suffix earlier), each step from whichever
-    source promises more tokens per second."""
+    source promises more tokens per second; adaptive, its drafts go up to max_lookup_tokens (longer
+    than the MTP drafter's: a copy costs no drafter forward, and text that copies its context, an
+    edited file, keeps matching far ahead)."""
 
     draft_tokens: Union[int, str] = "auto"
     max_draft_tokens: int = 8
     exact_verify: bool = False
     lookup: bool = False  # prompt-lookup drafting (lookup.py): alone without an MTP drafter, else beside it
     mtp: bool = True  # False: no MTP drafter even if the model has one (lookup alone)
+    max_lookup_tokens: int = 16  # adaptive: the longest prompt-lookup draft
 
     def __post_init__(self):
         k = self.draft_tokens
@@ -158,6 +161,8 @@ class DraftSettings:
             raise MlxSpecError(f"draft tokens must be auto or a number from 0 to {MAX_DRAFT_TOKENS} (got {k!r}).")
         if not 1 <= self.max_draft_tokens <= MAX_DRAFT_TOKENS:
             raise MlxSpecError(f"max draft tokens must be from 1 to {MAX_DRAFT_TOKENS} (got {self.max_draft_tokens!r}).")
+        if not 1 <= self.max_lookup_tokens <= MAX_DRAFT_TOKENS:
+            raise MlxSpecError(f"max lookup tokens must be from 1 to {MAX_DRAFT_TOKENS} (got {self.max_lookup_tokens!r}).")
 
     @classmethod
     def parse(cls, text: str, **kwargs) -> "DraftSettings":
@@ -183,8 +188,18 @@ class DraftSettings:
 
     @property
     def k_max(self) -> int:
-        """The longest block this setting can draft: what caches must be able to roll back."""
+        """The longest MTP draft (the adaptive policy's range)."""
         return self.max_draft_tokens if self.adaptive else int(self.draft_tokens)
+
+    @property
+    def lookup_k_max(self) -> int:
+        """The longest prompt-lookup draft (a fixed k drafts k from either source)."""
+        return self.max_lookup_tokens if self.adaptive else int(self.draft_tokens)
+
+    @property
+    def block_max(self) -> int:
+        """The longest block this setting can draft from either source: what caches must roll back."""
+        return max(self.k_max, self.lookup_k_max if self.lookup else 0)
 
     def label(self) -> str:
         k = "auto" if self.adaptive else str(self.draft_tokens)
