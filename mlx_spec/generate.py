@@ -82,11 +82,13 @@ def verify_costs(model: SpeculativeModel, sampling: SamplingSettings, draft: Dra
 def lookup_for(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings) -> Optional[Lookup]:
     """A fresh prompt-lookup drafter for one generation (None when lookup is off), starting from the
     acceptance per match length the last generation of this kind learned (not when seeded)."""
-    if not draft.lookup or draft.lookup_k_max == 0:
+    k_max = draft.lookup_k_max if sampling.greedy else draft.k_max  # sampled: long copies are seldom accepted whole
+    if not draft.lookup or k_max == 0:
         return None
-    lookup = Lookup(draft.lookup_k_max, costs=verify_costs(model, sampling, draft) if draft.adaptive else None)
+    draft = replace(draft, max_lookup_tokens=k_max) if draft.adaptive else draft
+    lookup = Lookup(k_max, costs=verify_costs(model, sampling, draft) if draft.adaptive else None, greedy=sampling.greedy)
     if sampling.seed is None:
-        key = ("lookup", sampling.greedy, draft.lookup_k_max)
+        key = ("lookup", sampling.greedy, k_max)
         if key in model.policies:
             lookup.remember(model.policies[key])
         model.policies[key] = lookup

@@ -171,8 +171,8 @@ def test_plain_steps_stay_pipelined_unless_lookup_may_pay():
 def test_a_match_length_whose_estimate_says_no_is_probed_and_can_recover():
     """Lookup estimates move only when lookup drafts are verified: one learned low elsewhere (and
     remembered) is still drafted PROBE_DRAFTS long after PROBE_EVERY declined matches at its length,
-    twice as late after each probe in a row that failed (up to 8x); a probe accepted whole makes the
-    next match a probe at once, and accepted drafts bring the long drafts back."""
+    twice as late after each probe in a row that failed (up to 8x); greedy, a probe accepted whole
+    makes the next match a probe at once, and accepted drafts bring the long drafts back."""
     from mlx_spec.core.loop import lookup_may_draft
     from mlx_spec.core.lookup import PROBE_DRAFTS, PROBE_EVERY
 
@@ -192,27 +192,30 @@ def test_a_match_length_whose_estimate_says_no_is_probed_and_can_recover():
                 return i, k
         raise AssertionError("never probed")
 
-    lookup = low(Lookup(4, costs=table))
+    lookup = low(Lookup(4, costs=table, greedy=True))
     assert steps_to_probe(lookup) == (PROBE_EVERY, PROBE_DRAFTS)
     lookup.update(3, PROBE_DRAFTS, 0)  # failed: the next probe comes twice as late
     assert steps_to_probe(lookup) == (2 * PROBE_EVERY, PROBE_DRAFTS)
-    earlier = low(Lookup(4, costs=table))
+    earlier = low(Lookup(4, costs=table, greedy=True))
     for _ in range(40):
         earlier.update(3, 4, 0)  # a whole generation of failed lookup drafts: probed 8x as rarely
-    lookup = Lookup(4, costs=table)
+    lookup = Lookup(4, costs=table, greedy=True)
     lookup.remember(earlier)
-    low(lookup)  # (forty failures fade fast under LOOKUP_DECAY: the estimate alone would try a cheap k = 1 again)
+    low(lookup)  # (forty failures fade fast under GREEDY_DECAY: the estimate alone would try a cheap k = 1 again)
     assert steps_to_probe(lookup) == (8 * PROBE_EVERY, PROBE_DRAFTS)
     lookup.update(3, PROBE_DRAFTS, PROBE_DRAFTS)  # a probe accepted whole: a copy may have begun, the next match probes at once
     assert steps_to_probe(lookup) == (0, PROBE_DRAFTS)
-    for _ in range(5):  # and so on while they are accepted, the estimate recovering fast (LOOKUP_DECAY)
+    for _ in range(5):  # and so on while they are accepted, the estimate recovering fast (GREEDY_DECAY)
         lookup.update(3, PROBE_DRAFTS, PROBE_DRAFTS)
         assert lookup.probe_due(3)
     for _ in range(30):  # and longer drafts, as they are accepted
         lookup.update(3, 4, 4)
     assert lookup_length(policy, lookup, proposal, 3, 0, mtp=True) == 4
+    sampled = low(Lookup(4, costs=table))  # sampled: whole acceptances of short drafts come by chance, no follow-up probe
+    sampled.update(3, PROBE_DRAFTS, PROBE_DRAFTS)
+    assert steps_to_probe(sampled) == (PROBE_EVERY, PROBE_DRAFTS)
     # after a plain step, a due probe makes the loop wait for the token (no pipelining) to draft it
-    parked = low(Lookup(4, costs=table))
+    parked = low(Lookup(4, costs=table, greedy=True))
     parked.extend([5, 6, 7, 1, 5, 6, 7])  # the suffix (5, 6, 7) was seen before: a match of length 3
     waited = [lookup_may_draft(policy, parked) for _ in range(PROBE_EVERY + 1)]
     assert waited == [False] * PROBE_EVERY + [True]

@@ -264,7 +264,7 @@ class BatchEngine:
         if max_tokens <= 0:
             raise MlxSpecError(f"max_tokens must be at least 1 (got {max_tokens}).")
         row = Row(self._next_id, prompt, strategy, int(max_tokens), frozenset(stop_tokens), SpecStats(), self.policy.new_row(),
-                  None if processors is None else History(processors, prompt), Lookup(self.k_max) if self.lookup else None)
+                  None if processors is None else History(processors, prompt), Lookup(self.k_max, greedy=strategy is GREEDY) if self.lookup else None)
         if row.lookup is not None:
             row.lookup.extend(prompt)
         self._next_id += 1
