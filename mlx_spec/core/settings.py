@@ -144,16 +144,16 @@ class DraftSettings:
     draft with the same 1-row forward plain decoding runs, so greedy output equals plain greedy
     decoding bit for bit on any backend (costs the speedup, see README). lookup: also draft by
     prompt lookup (copying what followed the context's suffix earlier), each step from whichever
-    source promises more tokens per second; adaptive, its drafts go up to max_lookup_tokens (longer
-    than the MTP drafter's: a copy costs no drafter forward, and text that copies its context, an
-    edited file, keeps matching far ahead)."""
+    source promises more tokens per second; adaptive and greedy, its drafts go up to
+    max_lookup_tokens (longer than the MTP drafter's: a copy costs no drafter forward, and text that
+    copies its context, an edited file, keeps matching far ahead); sampled, up to max_draft_tokens."""
 
     draft_tokens: Union[int, str] = "auto"
     max_draft_tokens: int = 8
     exact_verify: bool = False
     lookup: bool = False  # prompt-lookup drafting (lookup.py): alone without an MTP drafter, else beside it
     mtp: bool = True  # False: no MTP drafter even if the model has one (lookup alone)
-    max_lookup_tokens: int = 16  # adaptive: the longest prompt-lookup draft
+    max_lookup_tokens: int = 16  # adaptive, greedy: the longest prompt-lookup draft
 
     def __post_init__(self):
         k = self.draft_tokens
@@ -193,7 +193,7 @@ class DraftSettings:
 
     @property
     def lookup_k_max(self) -> int:
-        """The longest prompt-lookup draft (a fixed k drafts k from either source)."""
+        """The longest prompt-lookup draft (greedy; sampled: k_max; a fixed k drafts k from either source)."""
         return self.max_lookup_tokens if self.adaptive else int(self.draft_tokens)
 
     @property
