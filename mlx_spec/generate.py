@@ -69,23 +69,29 @@ def policy_for(model: SpeculativeModel, sampling: SamplingSettings, draft: Draft
 def verify_costs(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings):
     """Step costs of verifying k drafts proposed on the host (prompt lookup: no drafter forward),
     measured once per model and settings kind (bytes when seeded, as `policy_for`)."""
+    k_max = lookup_k_max(sampling, draft)
     if sampling.seed is not None:
-        return byte_costs(model.adapter, None, draft.lookup_k_max)
-    key = ("verify", sampling.greedy, draft.exact_verify, draft.lookup_k_max)
+        return byte_costs(model.adapter, None, k_max)
+    key = ("verify", sampling.greedy, draft.exact_verify, k_max)
     costs = model.costs.get(key)
     if costs is None or costs.stale:
         measuring = make_strategy(replace(sampling, seed=0))
-        costs = model.costs[key] = measure_step_costs(model.adapter, None, draft.lookup_k_max, measuring, draft.exact_verify)
+        costs = model.costs[key] = measure_step_costs(model.adapter, None, k_max, measuring, draft.exact_verify)
     return costs
+
+
+def lookup_k_max(sampling: SamplingSettings, draft: DraftSettings) -> int:
+    """The longest lookup draft: `max_lookup_tokens` greedy, `max_draft_tokens` sampled (a copied token is
+    then accepted with its probability only, and long drafts seldom whole: measured in lookup.py)."""
+    return draft.lookup_k_max if sampling.greedy else draft.k_max
 
 
 def lookup_for(model: SpeculativeModel, sampling: SamplingSettings, draft: DraftSettings) -> Optional[Lookup]:
     """A fresh prompt-lookup drafter for one generation (None when lookup is off), starting from the
     acceptance per match length the last generation of this kind learned (not when seeded)."""
-    k_max = draft.lookup_k_max if sampling.greedy else draft.k_max  # sampled: long copies are seldom accepted whole
+    k_max = lookup_k_max(sampling, draft)
     if not draft.lookup or k_max == 0:
         return None
-    draft = replace(draft, max_lookup_tokens=k_max) if draft.adaptive else draft
     lookup = Lookup(k_max, costs=verify_costs(model, sampling, draft) if draft.adaptive else None, greedy=sampling.greedy)
     if sampling.seed is None:
         key = ("lookup", sampling.greedy, k_max)
@@ -178,7 +184,7 @@ def stream_generate(
     draft_tokens: "auto" (adaptive, up to max_draft_tokens; may choose plain decoding) or a fixed k
     (0: plain decoding through the same loop). exact_verify: greedy output bit-identical to plain
     decoding on any backend (see README). lookup: prompt-lookup drafting beside the MTP drafter (load
-    with drafter="lookup" for lookup alone); adaptive, its drafts run up to max_lookup_tokens. logit_bias ({token id: bias}), the penalties and their
+    with drafter="lookup" for lookup alone); adaptive and greedy, its drafts run up to max_lookup_tokens. logit_bias ({token id: bias}), the penalties and their
     context sizes, and `logits_processors` (mlx-lm-style callables) as mlx-lm's make_logits_processors /
     generate_step define them, applied at every drafted position. `sampling` / `draft` / `processors`
     objects replace the keywords.
