@@ -450,7 +450,7 @@ class BatchEngine:
         if self.lookup and not plain_only:
             # Probes (adaptive policy): a row whose estimate at its match length has declined PROBE_EVERY
             # matches drafts by lookup anyway (`Lookup.probe_due`), the batch drafting PROBE_DRAFTS if it would not.
-            probes = [bool(m) and self.policy.fixed is None and r.lookup.probe_due(m) for r, (_, m) in zip(rows, proposals)]
+            probes = [self.policy.fixed is None and r.lookup.probe_due(m) for r, (_, m) in zip(rows, proposals)]
             if not k and any(p and len(prop) >= PROBE_DRAFTS for p, (prop, _) in zip(probes, proposals)):
                 k = max(0, min(PROBE_DRAFTS, wanted, room))
             if k:
@@ -479,13 +479,12 @@ class BatchEngine:
             return False
         if self.policy.fixed is not None:
             return True
-        lengths = [{n, min(n + 1, r.lookup.max_ngram)} if n else set() for r, n in zip(self.rows, matches)]
-        if any(r.lookup.probe_due(m) for r, ms in zip(self.rows, lengths) for m in ms):
+        reach = [r.lookup.reach(n) for r, n in zip(self.rows, matches)]
+        if any(r.lookup.probe_due(m) for r, lengths in zip(self.rows, reach) for m in lengths):
             return True
         full = [0] * self.k_max  # the longest proposal: the most a lookup can promise at that match length
-        if any(self.policy.best([_Sources(r.seen if self.drafter is not None else None, r.lookup, full,
-                                          min(n + extra, r.lookup.max_ngram) if n else 0)
-                                 for r, n in zip(self.rows, matches)]) > 0 for extra in (0, 1)):
+        if any(self.policy.best([_Sources(r.seen if self.drafter is not None else None, r.lookup, full, lengths[extra])
+                                 for r, lengths in zip(self.rows, reach)]) > 0 for extra in (0, 1)):
             return True
         for r, n in zip(self.rows, matches):  # the next step is a plain one queued ahead: these matches drafted nothing
             r.lookup.decline(n)

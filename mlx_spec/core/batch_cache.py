@@ -30,7 +30,7 @@ from typing import Optional
 
 import mlx.core as mx
 
-from .cache import BucketedKVCache, RollbackError, SlidingKVCache
+from .cache import RollbackError, SlidingKVCache, round_up, verify_block
 
 
 class RaggedKVCache:
@@ -103,7 +103,7 @@ class RaggedKVCache:
         used = self._used()
         end = max(u + N for u in used)
         start = 0 if self.window is None else max(0, min(max(0, n - self.window + 1) - b for n, b in zip(self.lengths, self.bases)))
-        if self.bucket and 1 < N <= BucketedKVCache.max_rows:  # columns outside a row's keys are masked
+        if self.bucket and verify_block(N):  # columns outside a row's keys are masked
             return start - start % self.step, self._round(end)
         return start, end
 
@@ -138,7 +138,7 @@ class RaggedKVCache:
 
     def _round(self, columns: int) -> int:
         """A multiple of `step` (the buffer's width, and a bucketed span's end) or, unbucketed, as is."""
-        return -(-columns // self.step) * self.step if self.bucket else columns
+        return round_up(columns, self.step) if self.bucket else columns
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         N = keys.shape[2]

@@ -25,6 +25,18 @@ from mlx_lm.models.cache import KVCache
 
 from .settings import MAX_DRAFT_TOKENS
 
+VERIFY_ROWS = MAX_DRAFT_TOKENS + 1  # the longest verify block (the longest draft + the target's own token)
+
+
+def verify_block(n: int) -> bool:
+    """Whether an n-token update is a verify block: the read bucketed caches pad (MLX's CUDA backend,
+    see BucketedKVCache); one-token decodes and longer prefill chunks are read exactly."""
+    return 1 < n <= VERIFY_ROWS
+
+
+def round_up(columns: int, step: int) -> int:
+    return -(-columns // step) * step
+
 
 class RollbackError(RuntimeError):
     """A cache was asked to forget more tokens than it can restore."""
@@ -59,8 +71,8 @@ class SlidingKVCache:
 
     def _padding(self, n: int) -> int:
         """Masked columns an n-token update returns after its keys (bucketing, until the window fills)."""
-        if self.bucket and 1 < n <= BucketedKVCache.max_rows and self._first_visible() == 0:
-            return -(self.offset + n) % self.step
+        if self.bucket and verify_block(n) and self._first_visible() == 0:
+            return round_up(self.offset + n, self.step) - (self.offset + n)
         return 0
 
     def make_mask(self, N: int, window_size: Optional[int] = None, return_array: bool = False, **kwargs):
@@ -154,20 +166,20 @@ class BucketedKVCache(KVCache):
     """
 
     bucket = KVCache.step
-    max_rows = MAX_DRAFT_TOKENS + 1
+    max_rows = VERIFY_ROWS
 
     def _padded(self, n: int) -> int:
-        return -(-(self.offset + n) // self.bucket) * self.bucket
+        return round_up(self.offset + n, self.bucket)
 
     def make_mask(self, N: int, window_size: Optional[int] = None, return_array: bool = False, **kwargs):
-        if N == 1 or N > self.max_rows or window_size is not None:
+        if not verify_block(N) or window_size is not None:
             return super().make_mask(N, window_size=window_size, return_array=return_array, **kwargs)
         q = mx.arange(self.offset, self.offset + N)[:, None]
         return mx.arange(self._padded(N))[None] <= q
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
         n = keys.shape[2]
-        if n == 1 or n > self.max_rows:
+        if not verify_block(n):
             return super().update_and_fetch(keys, values)
         prev, padded = self.offset, self._padded(n)
         if self.keys is None or padded > self.keys.shape[2]:

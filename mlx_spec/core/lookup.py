@@ -120,6 +120,11 @@ class Lookup:
         the two before it ran 3.9x, every step an MTP k = 2 step instead)."""
         return n > 0 and self.declined.get(n, 0) >= PROBE_EVERY << min(self.failed.get(n, 0), PROBE_BACKOFF)
 
+    def reach(self, n: int) -> tuple[int, int]:
+        """The match lengths the next step's lookup may draft at, after a match of length n now: n, or
+        one longer if the repeat goes on (both 0 without a match)."""
+        return (n, min(n + 1, self.max_ngram)) if n else (0, 0)
+
     def decline(self, n: int) -> None:
         """A step with a match at n did not draft by lookup."""
         if n:

@@ -409,7 +409,7 @@ def lookup_may_draft(policy, lookup: Lookup) -> bool:
         return False
     if not hasattr(policy, "rate"):  # a fixed k: any proposal at least k long is taken
         return True
-    lengths = {n, min(n + 1, lookup.max_ngram)}
+    lengths = set(lookup.reach(n))
     if any(lookup.probe_due(m) for m in lengths):
         return True
     full = [0] * lookup.k_max  # the longest proposal: its best rate bounds any shorter one's
